@@ -1,0 +1,52 @@
+"""Inference: ``predict(model, images)`` in one jit, from pixels to padded detections.
+
+Mask R-CNN section 3.1 ("Inference"): proposals (test-time top-n), box head on them,
+postprocessing to at most ``D`` detections per image, then the mask head runs on the detected
+boxes only, each mask's own class is taken and pasted into the image.
+
+Shape shorthand: ``B`` images, ``H, W`` input size, ``D`` detections, ``K`` classes.
+Taught in notebooks/10_inference_and_evaluation.
+"""
+
+import jax
+from flax import nnx
+
+from mrcnn_jax.paste_masks import paste_masks
+from mrcnn_jax.postprocess import detect_boxes, select_mask_channel
+
+
+def predict_raw(model, images):
+    """Detections without the pasted masks: boxes, scores, labels, valid and ``mask_probs``
+    ``(B, D, M, M)`` in each box's frame."""
+    cfg, heads = model.config, model.config.roi_heads
+    features = model.features(images)
+    rpn = model.proposals(features, training=False)
+    b, p = rpn["proposals"].shape[:2]
+    class_logits, box_deltas = model.box_head(model.pool(features, rpn["proposals"],
+                                                         heads.box_roi_size))
+    detect = lambda cl, bd, pr, pv: detect_boxes(cl, bd, pr, pv, cfg.image_size, heads)
+    out = jax.vmap(detect)(class_logits.reshape(b, p, -1), box_deltas.reshape(b, p, -1, 4),
+                           rpn["proposals"], rpn["proposal_valid"])  # each (B, D, ...)
+    mask_logits = model.mask_head(model.pool(features, out["boxes"], heads.mask_roi_size))
+    d = out["boxes"].shape[1]
+    out["mask_probs"] = select_mask_channel(mask_logits, out["labels"].reshape(-1)).reshape(
+        b, d, heads.mask_size, heads.mask_size)
+    return out
+
+
+@nnx.jit
+def predict(model, images):
+    """Detect objects in ``images (B, H, W, 3)`` uint8 at the config's ``image_size``.
+
+    Returns:
+      dict of ``boxes (B, D, 4)`` xyxy pixels, ``scores (B, D)``, ``labels (B, D)`` int32
+      (1..K-1, 0 where padded), ``masks (B, D, H, W)`` float probabilities (threshold at 0.5)
+      and ``valid (B, D)`` bool; detections sorted by score.
+
+    Taught in notebooks/10_inference_and_evaluation.
+    """
+    out = predict_raw(model, images)
+    paste = lambda m, bx: paste_masks(m, bx, model.config.image_size)
+    masks = jax.vmap(paste)(out.pop("mask_probs"), out["boxes"])  # (B, D, H, W)
+    out["masks"] = masks * out["valid"][:, :, None, None]
+    return out

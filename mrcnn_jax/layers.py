@@ -1,0 +1,111 @@
+"""Small NNX layers with torchvision's exact semantics: convolution, frozen BatchNorm, norms.
+
+Flax's own ``nnx.Conv`` pads ``"SAME"`` asymmetrically on stride 2, which shifts features by a
+pixel against torchvision; these layers take torchvision's symmetric padding so imported
+weights give the same numbers. Kernels are stored HWIO ``(kh, kw, in, out)``.
+
+A parameter that must not train (frozen stem and ``layer1`` of an imported backbone, frozen
+BatchNorm statistics) is held in a :class:`Frozen` variable instead of ``nnx.Param``; optimizers
+built with ``wrt=nnx.Param`` never see it, so neither gradients nor weight decay touch it.
+
+Shape shorthand: ``N`` images, ``H, W`` spatial size, ``C`` channels.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class Frozen(nnx.Variable):
+    """A weight that is loaded or initialised but never trained."""
+
+
+def _variable(value, trainable):
+    return nnx.Param(value) if trainable else Frozen(value)
+
+
+def kaiming_normal_fan_out(key, shape):
+    """He init for a ReLU conv, fan-out mode (torchvision ResNet and mask head)."""
+    kh, kw, _, cout = shape
+    return jax.random.normal(key, shape, jnp.float32) * math.sqrt(2.0 / (kh * kw * cout))
+
+
+def kaiming_uniform_a1(key, shape):
+    """torchvision FPN init: ``kaiming_uniform_(a=1)``, bound ``sqrt(3 / fan_in)``."""
+    fan_in = shape[0] * shape[1] * shape[2]
+    bound = math.sqrt(3.0 / fan_in)
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+class Conv2d(nnx.Module):
+    """2-D convolution, NHWC, symmetric padding like ``torch.nn.Conv2d``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 use_bias=True, trainable=True, init=kaiming_normal_fan_out, *, rngs):
+        shape = (kernel_size, kernel_size, in_channels, out_channels)
+        self.kernel = _variable(init(rngs.params(), shape), trainable)
+        self.bias = _variable(jnp.zeros((out_channels,)), trainable) if use_bias else None
+        self.stride = stride
+        self.padding = padding
+
+    def __call__(self, x):  # (N, H, W, Cin) -> (N, H', W', Cout)
+        pad = ((self.padding, self.padding), (self.padding, self.padding))
+        y = jax.lax.conv_general_dilated(
+            x, self.kernel[...], (self.stride, self.stride), pad,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return y if self.bias is None else y + self.bias[...]
+
+
+class ConvTranspose2x2(nnx.Module):
+    """``torch.nn.ConvTranspose2d(kernel_size=2, stride=2)``: each input cell becomes 2x2.
+
+    With kernel = stride = 2 the output cells never overlap, so it is one einsum:
+    ``y[n, 2i + a, 2j + b, o] = sum_c x[n, i, j, c] * kernel[a, b, c, o] + bias[o]``.
+    torchvision's weight ``(in, out, a, b)`` is this kernel transposed ``(2, 3, 0, 1)``.
+    """
+
+    def __init__(self, in_channels, out_channels, *, rngs):
+        shape = (2, 2, in_channels, out_channels)
+        self.kernel = nnx.Param(kaiming_normal_fan_out(rngs.params(), shape))
+        self.bias = nnx.Param(jnp.zeros((out_channels,)))
+
+    def __call__(self, x):  # (N, H, W, Cin) -> (N, 2H, 2W, Cout)
+        n, h, w, _ = x.shape
+        y = jnp.einsum("nhwc,abco->nhawbo", x, self.kernel[...])  # (N, H, 2, W, 2, Cout)
+        return y.reshape(n, 2 * h, 2 * w, -1) + self.bias[...]
+
+
+class FrozenBatchNorm(nnx.Module):
+    """torchvision ``FrozenBatchNorm2d``: ``x * w / sqrt(var + eps) + (b - mean * scale)``."""
+
+    def __init__(self, channels, eps=1e-5):
+        self.weight = Frozen(jnp.ones((channels,)))
+        self.bias = Frozen(jnp.zeros((channels,)))
+        self.running_mean = Frozen(jnp.zeros((channels,)))
+        self.running_var = Frozen(jnp.ones((channels,)))
+        self.eps = eps
+
+    def __call__(self, x):  # (N, H, W, C)
+        scale = self.weight[...] * jax.lax.rsqrt(self.running_var[...] + self.eps)
+        return x * scale + (self.bias[...] - self.running_mean[...] * scale)
+
+
+def make_norm(kind, channels, groups=32, eps=1e-5, zero_init=False, *, rngs):
+    """``"frozen_bn"`` or ``"group_norm"`` over ``channels``; ``zero_init`` starts scale at 0."""
+    if kind == "frozen_bn":
+        return FrozenBatchNorm(channels, eps)
+    if kind == "group_norm":
+        init = nnx.initializers.zeros if zero_init else nnx.initializers.ones
+        return nnx.GroupNorm(channels, num_groups=min(groups, channels), epsilon=1e-5,
+                             scale_init=init, rngs=rngs)
+    raise ValueError(f"norm must be 'frozen_bn' or 'group_norm'; got {kind!r}")
+
+
+def max_pool(x, window, stride, padding):
+    """``torch.nn.functional.max_pool2d`` on NHWC with symmetric padding (pads with -inf)."""
+    pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
+                                 (1, stride, stride, 1), pad)

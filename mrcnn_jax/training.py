@@ -1,0 +1,91 @@
+"""Losses of the whole model and the jitted training step.
+
+Mask R-CNN section 3.1: ``L = L_cls + L_box + L_mask`` for the heads, plus the RPN's objectness
+and box terms (trained jointly, torchvision's "approximate joint training": no gradient flows
+through the proposal boxes). Each term is reported separately.
+
+``train_step`` is one ``nnx.jit``: forward, losses, gradients, optimizer update; it retraces
+only when the batch's shapes or dtypes change. Randomness is explicit: pass
+``jax.random.fold_in(base_key, step)``.
+
+Shape shorthand and batch keys: see ``model.py``.
+Taught in notebooks/08_losses_and_train_step.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from mrcnn_jax.roi_heads import box_losses, mask_loss
+from mrcnn_jax.rpn import rpn_losses
+
+LOSS_TERMS = ("rpn_objectness", "rpn_box", "box_classifier", "box_regression", "mask")
+BATCH_KEYS = ("images", "boxes", "labels", "masks", "valid")
+
+
+def compute_losses(outputs, config):
+    """Every loss term from :meth:`MaskRCNN.train_forward` outputs, and their sum ``loss``."""
+    terms = rpn_losses(outputs["rpn_logits"], outputs["rpn_deltas"], outputs["rpn_targets"],
+                       config.rpn.smooth_l1_beta)
+    terms.update(box_losses(outputs["class_logits"], outputs["box_deltas"], outputs["samples"],
+                            config.roi_heads.smooth_l1_beta))
+    terms["mask"] = mask_loss(outputs["mask_logits"], outputs["mask_labels"],
+                              outputs["mask_targets"], outputs["mask_valid"])
+    terms["loss"] = sum(terms[name] for name in LOSS_TERMS)
+    return terms
+
+
+def loss_fn(model, batch, key):
+    """Total loss and the terms: ``(scalar, dict)``; usable for validation as it is."""
+    terms = compute_losses(model.train_forward(batch, key), model.config)
+    return terms["loss"], terms
+
+
+def check_batch(batch):
+    """Raise a clear error if a batch misses a key the model needs."""
+    missing = [k for k in BATCH_KEYS if k not in batch]
+    if missing:
+        raise KeyError(f"batch is missing {missing}; it needs {list(BATCH_KEYS)} "
+                       f"(got {sorted(batch)})")
+    return {k: batch[k] for k in BATCH_KEYS}
+
+
+def make_optimizer(model, learning_rate=0.02, momentum=0.9, weight_decay=1e-4,
+                   warmup_steps=100, total_steps=None, clip_norm=10.0):
+    """SGD with momentum and weight decay (the paper's recipe), linear warm-up, cosine decay.
+
+    Only ``nnx.Param`` variables are optimised; frozen weights are never touched.
+    """
+    if total_steps is None:
+        schedule = optax.linear_schedule(learning_rate * 0.001, learning_rate, warmup_steps)
+    else:
+        schedule = optax.warmup_cosine_decay_schedule(
+            learning_rate * 0.001, learning_rate, warmup_steps, max(total_steps, warmup_steps + 1))
+    tx = optax.chain(
+        optax.clip_by_global_norm(clip_norm),
+        optax.add_decayed_weights(weight_decay),
+        optax.sgd(schedule, momentum=momentum),
+    )
+    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+@nnx.jit(donate_argnums=(0, 1))
+def train_step(model, optimizer, batch, key):
+    """One optimisation step; returns the loss terms, ``loss`` and ``grad_norm``."""
+    grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)
+    (_, terms), grads = grad_fn(model, batch, key)
+    optimizer.update(model, grads)
+    terms["grad_norm"] = optax.global_norm(grads)
+    return terms
+
+
+@nnx.jit
+def eval_losses(model, batch, key):
+    """The same loss terms without an update (validation loss)."""
+    return loss_fn(model, batch, key)[1]
+
+
+def to_device_batch(batch):
+    """Keep the model's keys and turn them into arrays (uint8 images stay uint8)."""
+    return jax.tree.map(jnp.asarray, check_batch(batch))
