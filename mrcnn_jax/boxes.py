@@ -14,8 +14,8 @@ Degenerate input (documented, never NaN):
 - a box with ``x2 < x1`` (or ``y2 < y1``) has zero area here (torchvision would give a negative
   one); its IoU with anything is 0;
 - the IoU of two zero-area boxes is 0 (torchvision gives NaN for 0 / 0);
-- ``encode_boxes`` floors widths and heights at the smallest positive float32, so a zero-size box
-  gives a large finite ``dw``/``dh`` instead of ``-inf``.
+- ``encode_boxes`` floors widths and heights at ``1e-6`` pixel, so a zero-size box (or anchor)
+  gives large finite deltas instead of ``-inf``.
 
 Taught in notebooks/01_boxes_iou_and_box_coding.
 """
@@ -29,7 +29,9 @@ import jax.numpy as jnp
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 ROI_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # torchvision RoIHeads / detectron2 defaults
-_TINY = float(jnp.finfo(jnp.float32).tiny)
+# Floor on widths/heights in encode_boxes. Not float32 ``tiny``: ``tiny / w`` is subnormal, which
+# XLA flushes to 0 (log -> -inf), and ``dx / tiny`` overflows to inf.
+_MIN_SIDE = 1e-6
 
 
 def _check_last_dim(name, boxes):
@@ -100,8 +102,8 @@ def encode_boxes(boxes, anchors, weights=RPN_BOX_WEIGHTS):
     wx, wy, ww, wh = weights
     a_x, a_y, a_w, a_h = _centre_size(anchors)
     g_x, g_y, g_w, g_h = _centre_size(boxes)
-    a_w, a_h = jnp.maximum(a_w, _TINY), jnp.maximum(a_h, _TINY)
-    g_w, g_h = jnp.maximum(g_w, _TINY), jnp.maximum(g_h, _TINY)
+    a_w, a_h = jnp.maximum(a_w, _MIN_SIDE), jnp.maximum(a_h, _MIN_SIDE)
+    g_w, g_h = jnp.maximum(g_w, _MIN_SIDE), jnp.maximum(g_h, _MIN_SIDE)
     dx = wx * (g_x - a_x) / a_w
     dy = wy * (g_y - a_y) / a_h
     dw = ww * jnp.log(g_w / a_w)
