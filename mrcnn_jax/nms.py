@@ -21,17 +21,23 @@ import jax.numpy as jnp
 from mrcnn_jax.boxes import box_iou
 
 
-def _check_inputs(boxes, scores, max_output_size):
+def _check_inputs(boxes, scores, max_output_size, valid):
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"boxes must have shape (N, 4); got {boxes.shape} ({boxes.dtype})")
     if scores.shape != boxes.shape[:1]:
         raise ValueError(
             f"scores must have shape (N,) = {boxes.shape[:1]} to match boxes; got {scores.shape}"
         )
-    if not isinstance(max_output_size, int) or max_output_size <= 0:
+    if isinstance(max_output_size, bool) or not isinstance(max_output_size, int) or (
+        max_output_size <= 0
+    ):
         raise ValueError(
             f"max_output_size must be a positive Python int (a static shape); got "
             f"{max_output_size!r}"
+        )
+    if valid is not None and jnp.shape(valid) != scores.shape:
+        raise ValueError(
+            f"valid must have shape (N,) = {scores.shape} to match boxes; got {jnp.shape(valid)}"
         )
 
 
@@ -77,7 +83,7 @@ def nms(boxes, scores, iou_threshold, max_output_size, valid=None):
     Taught in notebooks/03_nms.
     """
     boxes, scores = jnp.asarray(boxes, jnp.float32), jnp.asarray(scores, jnp.float32)
-    _check_inputs(boxes, scores, max_output_size)
+    _check_inputs(boxes, scores, max_output_size, valid)
     candidate = jnp.ones(scores.shape, bool) if valid is None else jnp.asarray(valid, bool)
     groups = jnp.zeros(scores.shape, jnp.int32)
     return _greedy_nms(boxes, scores, groups, candidate, iou_threshold, max_output_size)
@@ -93,7 +99,7 @@ def batched_nms(boxes, scores, classes, iou_threshold, max_output_size, valid=No
       ``indices (K,)`` and ``valid (K,)`` in descending score order over all classes.
     """
     boxes, scores = jnp.asarray(boxes, jnp.float32), jnp.asarray(scores, jnp.float32)
-    _check_inputs(boxes, scores, max_output_size)
+    _check_inputs(boxes, scores, max_output_size, valid)
     classes = jnp.asarray(classes)
     if classes.shape != scores.shape or not jnp.issubdtype(classes.dtype, jnp.integer):
         raise ValueError(

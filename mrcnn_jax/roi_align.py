@@ -29,7 +29,9 @@ Shape shorthand: ``N`` images, ``H, W, C`` feature map, ``R`` boxes, ``oh, ow`` 
 Taught in notebooks/04_roi_align.
 """
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _axis_samples(start, length, out_size, sampling_ratio, size):
@@ -132,6 +134,17 @@ def _check_roi_align_args(features, boxes, batch_indices, output_size, sampling_
         )
 
 
+def _check_batch_range(batch_indices, n):
+    if isinstance(batch_indices, jax.core.Tracer):
+        return  # traced values are unknown here; roi_align clips them
+    values = np.asarray(batch_indices)
+    if values.size and (values.min() < 0 or values.max() >= n):
+        raise ValueError(
+            f"batch_indices must lie in [0, {n}) for features with N={n} images; got values "
+            f"from {values.min()} to {values.max()}"
+        )
+
+
 def roi_align(
     features,
     boxes,
@@ -146,8 +159,9 @@ def roi_align(
     Args:
       features: ``(N, H, W, C)`` feature maps.
       boxes: ``(R, 4)`` xyxy boxes in input-image pixels.
-      batch_indices: ``(R,)`` int, which image of ``features`` each box pools from (must be in
-        ``[0, N)``; out-of-range indices are clamped by XLA's gather, not reported).
+      batch_indices: ``(R,)`` int in ``[0, N)``, which image each box pools from. Concrete
+        (non-traced) indices out of range raise ``ValueError``; under ``jit`` they cannot be
+        checked and are clipped into range, so memory is never read out of bounds.
       output_size: ``(oh, ow)`` bins.
       spatial_scale: feature cells per input pixel (1/4 for P2).
       sampling_ratio: int > 0, samples per bin along each axis.
@@ -165,7 +179,8 @@ def roi_align(
     n, h, w, c = features.shape
     r = boxes.shape[0]
     flat = features.reshape(n * h * w, c)  # (N*H*W, C)
-    base = batch_indices.astype(jnp.int32) * (h * w)  # (R,)
+    _check_batch_range(batch_indices, n)
+    base = jnp.clip(batch_indices.astype(jnp.int32), 0, n - 1) * (h * w)  # (R,)
     height = jnp.full((r,), h, jnp.int32)
     width = jnp.full((r,), w, jnp.int32)
     return roi_align_flat(

@@ -76,7 +76,7 @@ def train_step(model, optimizer, batch, key):
     grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)
     (_, terms), grads = grad_fn(model, batch, key)
     optimizer.update(model, grads)
-    terms["grad_norm"] = optax.global_norm(grads)
+    terms["grad_norm"] = optax.tree.norm(grads)
     return terms
 
 

@@ -1,0 +1,68 @@
+"""MaskRCNN wiring: torchvision parameter tables, presets, frozen layers, input checks."""
+
+import json
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mrcnn_jax.config import BackboneConfig, resnet50_fpn_config, small_config
+from mrcnn_jax.layers import Frozen
+from mrcnn_jax.model import MaskRCNN
+from mrcnn_jax.weights import torchvision_shapes
+
+TABLES = json.loads((pathlib.Path(__file__).parent / "golden/torchvision_maskrcnn_shapes.json")
+                    .read_text())
+
+
+def _abstract(config):
+    return nnx.eval_shape(lambda: MaskRCNN(config, rngs=nnx.Rngs(0)))
+
+
+def _compare(ours, reference):
+    reference = {k: tuple(v) for k, v in reference.items()}
+    assert sorted(set(reference) - set(ours)) == [], "missing from ours"
+    assert sorted(set(ours) - set(reference)) == [], "not in torchvision"
+    wrong = {k: (ours[k], reference[k]) for k in reference if ours[k] != reference[k]}
+    assert wrong == {}
+
+
+def test_resnet50_fpn_preset_has_torchvision_parameter_shapes():
+    ours = torchvision_shapes(_abstract(resnet50_fpn_config()))
+    assert len(ours) == 307
+    _compare(ours, TABLES["maskrcnn_resnet50_fpn"])
+
+
+def test_resnet18_fpn_has_torchvision_parameter_shapes():
+    config = resnet50_fpn_config().replace(backbone=BackboneConfig(depth=18))
+    _compare(torchvision_shapes(_abstract(config)), TABLES["maskrcnn_resnet18_fpn"])
+
+
+def test_imported_backbone_freezes_stem_and_layer1_only():
+    model = _abstract(resnet50_fpn_config())
+    assert isinstance(model.body.conv1.kernel, Frozen)
+    assert isinstance(model.body.layer1[0].conv2.kernel, Frozen)
+    assert isinstance(model.body.layer2[0].conv2.kernel, nnx.Param)
+    assert isinstance(model.body.bn1.running_var, Frozen)  # frozen BatchNorm never trains
+    assert isinstance(model.fpn.inner_blocks[0].kernel, nnx.Param)
+
+
+def test_small_preset_feature_sizes_and_anchor_count():
+    model = MaskRCNN(small_config(), rngs=nnx.Rngs(0))
+    images = jnp.zeros((1, 128, 128, 3), jnp.uint8)
+    features = nnx.jit(lambda m, x: m.features(x))(model, images)
+    assert [f.shape for f in features] == [(1, 32, 32, 64), (1, 16, 16, 64), (1, 8, 8, 64),
+                                          (1, 4, 4, 64), (1, 2, 2, 64)]
+    anchors, counts = model.anchors(features)
+    assert counts == [3 * 32 * 32, 3 * 16 * 16, 3 * 8 * 8, 3 * 4 * 4, 3 * 2 * 2]
+    assert anchors.shape == (sum(counts), 4)
+    assert all(np.isfinite(np.asarray(f)).all() for f in features)
+
+
+def test_wrong_image_size_is_refused_with_a_clear_message():
+    model = MaskRCNN(small_config(), rngs=nnx.Rngs(0))
+    expected = r"images must be \(B, 128, 128, 3\).*got \(1, 96, 128, 3\)"
+    with pytest.raises(ValueError, match=expected):
+        model.features(jnp.zeros((1, 96, 128, 3), jnp.uint8))
