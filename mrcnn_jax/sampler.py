@@ -19,9 +19,11 @@ def _take_random(key, eligible, count, max_count):
     """Mask of ``count`` (traced, <= max_count) random entries among ``eligible`` (P,)."""
     priority = jnp.where(eligible, jax.random.uniform(key, eligible.shape), -1.0)  # (P,)
     k = min(max_count, eligible.shape[0])
-    top = jax.lax.top_k(priority, k)[0]  # (k,) descending
-    threshold = jnp.where(count > 0, top[jnp.clip(count - 1, 0, k - 1)], 2.0)
-    return eligible & (priority >= threshold)
+    index = jax.lax.top_k(priority, k)[1]  # (k,) highest priorities first
+    # pick by rank, not by a threshold on the value: float32 uniforms tie (multiples of
+    # 2**-23), and a tie at the threshold would take one more than ``count``
+    chosen = jnp.arange(k) < count  # (k,) count <= #eligible, so only eligible ones
+    return jnp.zeros_like(eligible).at[index].set(chosen)
 
 
 def sample_balanced(key, labels, num_samples, positive_fraction):
