@@ -77,20 +77,22 @@ class ResNet(nnx.Module):
         # torchvision trainable_layers counts from the top: 5 trains all, 3 freezes conv1+layer1
         first_trainable = 5 - config.trainable_layers  # 0 = stem, 1..4 = layer1..layer4
 
-        def norm(channels, zero_init=False):
-            return make_norm(config.norm, channels, config.group_norm_groups,
-                             config.frozen_bn_eps, zero_init, rngs=rngs)
+        def norm_of(trainable):  # frozen stages freeze their norms too, as torchvision
+            return lambda channels, zero_init=False: make_norm(
+                config.norm, channels, config.group_norm_groups, config.frozen_bn_eps,
+                zero_init, trainable, rngs=rngs)
 
         self.conv1 = Conv2d(3, config.stem_width, 7, 2, 3, False, first_trainable <= 0,
                             rngs=rngs)
-        self.bn1 = norm(config.stem_width)
+        self.bn1 = norm_of(first_trainable <= 0)(config.stem_width)
         cin = config.stem_width
         stages = zip(BLOCKS[config.depth], config.widths, strict=True)
         for i, (count, width) in enumerate(stages, 1):
             blocks = []
             for j in range(count):
                 stride = 2 if (j == 0 and i > 1) else 1
-                blocks.append(block(cin, width, stride, norm, first_trainable <= i, rngs=rngs))
+                trainable = first_trainable <= i
+                blocks.append(block(cin, width, stride, norm_of(trainable), trainable, rngs=rngs))
                 cin = width * block.expansion
             setattr(self, f"layer{i}", nnx.List(blocks))
         self.out_channels = tuple(w * block.expansion for w in config.widths)

@@ -93,14 +93,18 @@ class FrozenBatchNorm(nnx.Module):
         return x * scale + (self.bias[...] - self.running_mean[...] * scale)
 
 
-def make_norm(kind, channels, groups=32, eps=1e-5, zero_init=False, *, rngs):
-    """``"frozen_bn"`` or ``"group_norm"`` over ``channels``; ``zero_init`` starts scale at 0."""
+def make_norm(kind, channels, groups=32, eps=1e-5, zero_init=False, trainable=True, *, rngs):
+    """``"frozen_bn"`` or ``"group_norm"`` over ``channels``; ``zero_init`` starts scale at 0;
+    ``trainable=False`` freezes a GroupNorm's scale and bias too (frozen BN never trains)."""
     if kind == "frozen_bn":
         return FrozenBatchNorm(channels, eps)
     if kind == "group_norm":
         init = nnx.initializers.zeros if zero_init else nnx.initializers.ones
-        return nnx.GroupNorm(channels, num_groups=min(groups, channels), epsilon=1e-5,
+        norm = nnx.GroupNorm(channels, num_groups=min(groups, channels), epsilon=1e-5,
                              scale_init=init, rngs=rngs)
+        if not trainable:
+            norm.scale, norm.bias = Frozen(norm.scale[...]), Frozen(norm.bias[...])
+        return norm
     raise ValueError(f"norm must be 'frozen_bn' or 'group_norm'; got {kind!r}")
 
 

@@ -115,7 +115,6 @@ def test_resnet_out_channels_and_frozen_convs():
     assert not any(n[0] in ("bn1", "layer1") for n in _trainable_kinds(_abstract_resnet()))
 
 
-@pytest.mark.xfail(strict=True, reason="GroupNorm of frozen layers stays nnx.Param (reported)")
 def test_frozen_layers_freeze_their_group_norm_too():
     # torchvision's trainable_layers freezes every parameter of conv1/bn1/layer1, norms included
     trainable = _trainable_kinds(_abstract_resnet(norm="group_norm"))
