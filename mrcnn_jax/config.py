@@ -59,6 +59,9 @@ class RoIHeadsConfig:
     representation_size: int = 1024  # TwoMLPHead width
     mask_layers: tuple = (256, 256, 256, 256)
     mask_size: int = 28
+    # RoIs the mask head trains on per image; None = every possible positive (S * fraction),
+    # as torchvision. Fewer is cheaper: the positives are then the best-scoring ones.
+    mask_rois_per_image: int | None = None
     # torchvision samples mask targets adaptively; static shapes need a fixed ratio
     mask_target_sampling_ratio: int = 2
     binary_mask_targets: bool = False  # detectron2 thresholds at 0.5; torchvision keeps soft
@@ -111,6 +114,6 @@ def small_config(num_classes=4, image_size=(128, 128)):
         ),
         roi_heads=RoIHeadsConfig(
             batch_size_per_image=64, representation_size=256, mask_layers=(64, 64, 64, 64),
-            detections_per_image=20,
+            mask_rois_per_image=8, detections_per_image=20,
         ),
     )

@@ -109,7 +109,7 @@ class MaskRCNN(nnx.Module):
         s = samples["rois"].shape[1]
         out.update(samples=samples, class_logits=class_logits.reshape(b, s, -1),
                    box_deltas=box_deltas.reshape(b, s, -1, 4))
-        s_m = int(s * heads.positive_fraction)  # every sampled positive is among the first S_m
+        s_m = heads.mask_rois_per_image or int(s * heads.positive_fraction)  # positives first
         mask_rois = samples["rois"][:, :s_m]  # (B, S_m, 4)
         mask_logits = self.mask_head(self.pool(features, mask_rois, heads.mask_roi_size))
         out["mask_logits"] = mask_logits.reshape(b, s_m, *mask_logits.shape[1:])

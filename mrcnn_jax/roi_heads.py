@@ -13,7 +13,8 @@ Mask R-CNN section 3 and 3.1. As torchvision's ``roi_heads.py``:
   loss: per-pixel BCE on the ground-truth class's channel, averaged.
 
 Static shapes: ``S`` samples per image with ``valid``, positives first; the mask head sees the
-first ``S_m = S * positive_fraction`` of them (every positive fits) with ``valid = positive``.
+first ``S_m`` of them with ``valid = positive``: ``S * positive_fraction`` by default, so every
+positive fits, or ``mask_rois_per_image`` from the config (then the best-scoring positives).
 
 Shape shorthand: ``B`` images, ``P`` proposals, ``G`` padded ground-truth slots, ``S``
 samples, ``S_m`` mask RoIs, ``K`` classes with background, ``M`` mask size, ``F`` channels.

@@ -1,0 +1,201 @@
+"""Train Mask R-CNN on the synthetic shapes data: ``python -m mrcnn_jax.train``.
+
+    python -m mrcnn_jax.train --minutes 15 --workdir outputs/shapes   # the README's main job
+    python -m mrcnn_jax.train --steps 200 --workdir outputs/quick
+    python -m mrcnn_jax.train --help
+
+Prepares the shapes data if needed, trains the small preset from scratch with SGD + momentum,
+linear warm-up and cosine decay, shows a progress bar with the loss terms and images/s, writes
+``metrics.jsonl`` and ``loss_curve.png`` in the work directory, checkpoints with Orbax (atomic;
+``--resume`` continues the same run: batch ``i`` and the key of step ``i`` depend only on the
+seed and ``i``), evaluates the validation loss periodically and, at the end, COCO box and mask
+AP on the held-out split, and saves a picture of predictions.
+
+Taught in notebooks/09_training.
+"""
+
+import argparse
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from mrcnn_jax import checkpoints
+from mrcnn_jax.config import small_config
+from mrcnn_jax.data import class_names, make_loader, shapes_source
+from mrcnn_jax.model import MaskRCNN
+from mrcnn_jax.training import LOSS_TERMS, check_batch, eval_losses, make_optimizer, train_step
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", default="outputs/shapes", help="checkpoints, metrics, pictures")
+    p.add_argument("--data_dir", default=None, help="prepared data (default <repo>/data)")
+    p.add_argument("--num_train", type=int, default=2000, help="shapes training images")
+    p.add_argument("--num_val", type=int, default=500, help="held-out shapes images")
+    p.add_argument("--image_size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=3000, help="total optimisation steps")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="stop training after this wall-clock budget (schedule still spans --steps)")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.02, help="peak learning rate")
+    p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
+    p.add_argument("--max_instances", type=int, default=8, help="ground-truth slots per image")
+    p.add_argument("--eval_every", type=int, default=500, help="validation loss every N steps")
+    p.add_argument("--checkpoint_every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--stop_after", type=int, default=None,
+                   help="checkpoint and stop once this many steps are done (resume later)")
+    p.add_argument("--no_final_eval", action="store_true", help="skip COCO evaluation")
+    return p.parse_args(argv)
+
+
+def build(args):
+    """Model, optimizer, data and the run description from parsed arguments."""
+    config = small_config(image_size=(args.image_size, args.image_size))
+    data = {"num_train": args.num_train, "num_val": args.num_val,
+            "image_size": args.image_size, "seed": 0}
+    train_source = shapes_source("train", args.data_dir, **data)
+    loader = make_loader(train_source, args.batch_size, image_size=args.image_size,
+                         max_instances=args.max_instances, seed=args.seed, num_epochs=None)
+    model = MaskRCNN(config, rngs=nnx.Rngs(args.seed))
+    optimizer = make_optimizer(model, args.lr, warmup_steps=args.warmup, total_steps=args.steps)
+    run = {"config": checkpoints.config_to_dict(config), "data": data,
+           "max_instances": args.max_instances, "args": vars(args)}
+    return model, optimizer, loader, run, class_names(train_source)
+
+
+def validation_loss(model, args, data, batches=4):
+    source = shapes_source("validation", args.data_dir, **data)
+    loader = make_loader(source, args.batch_size, image_size=args.image_size,
+                         max_instances=args.max_instances, train=False)
+    totals = {}
+    for i, batch in zip(range(batches), loader, strict=False):
+        terms = eval_losses(model, _device(batch), jax.random.key(i))
+        for k, v in terms.items():
+            totals[k] = totals.get(k, 0.0) + float(v) / batches
+    return totals
+
+
+def _device(batch):
+    return jax.tree.map(jnp.asarray, check_batch(batch))
+
+
+def train(args):
+    workdir = pathlib.Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    model, optimizer, loader, run, names = build(args)
+    mngr = checkpoints.manager(workdir)
+    start = 0
+    if args.resume and mngr.latest_step() is not None:
+        start = checkpoints.restore(mngr, model, optimizer)
+        print(f"resumed from step {start}")
+    checkpoints.write_run(workdir, run)
+    base_key = jax.random.key(args.seed)
+    log = open(workdir / "metrics.jsonl", "a" if start else "w")  # noqa: SIM115
+    began = time.perf_counter()
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, unit="step")
+    step = start - 1
+    for step in bar:
+        batch = _device(loader.dataset[step])  # batch i is a function of (seed, i): resumable
+        t0 = time.perf_counter()
+        metrics = {k: float(v) for k, v in train_step(
+            model, optimizer, batch, jax.random.fold_in(base_key, step)).items()}
+        metrics.update(step=step + 1, images_per_s=args.batch_size / (time.perf_counter() - t0))
+        if not np.isfinite(metrics["loss"]):
+            raise FloatingPointError(f"loss became {metrics['loss']} at step {step}: {metrics}")
+        bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("loss", *LOSS_TERMS)}
+                        | {"img/s": f"{metrics['images_per_s']:.1f}"})
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            metrics["val"] = validation_loss(model, args, run["data"])
+        log.write(json.dumps(metrics) + "\n")
+        log.flush()
+        out_of_time = bool(args.minutes and time.perf_counter() - began > 60 * args.minutes)
+        out_of_time |= args.stop_after is not None and step + 1 >= args.stop_after
+        if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps or out_of_time:
+            checkpoints.save(mngr, step + 1, model, optimizer)
+        if out_of_time:
+            print(f"\nstopping at step {step + 1} (time budget or --stop_after)")
+            break
+    bar.close()
+    log.close()
+    return model, run, names, step + 1
+
+
+def plot_loss_curve(workdir):
+    """``loss_curve.png``: every loss term against the step, validation loss as points."""
+    from mrcnn_jax.plotting import colour, subplots
+
+    rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").open()]
+    steps = np.array([r["step"] for r in rows])
+    fig, (ax,) = subplots(1, size=5.0)
+    for i, term in enumerate(("loss", *LOSS_TERMS)):
+        ax.plot(steps, [r[term] for r in rows], color=colour(i), label=term, linewidth=1)
+    val = [(r["step"], r["val"]["loss"]) for r in rows if "val" in r]
+    if val:
+        ax.plot(*zip(*val, strict=True), "o", color="black", label="validation loss")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(pathlib.Path(workdir) / "loss_curve.png", dpi=110)
+
+
+def save_prediction_picture(model, loader, names, path, count=8):
+    """A grid of validation images with predicted masks, boxes, classes and scores."""
+    from mrcnn_jax.inference import predict
+    from mrcnn_jax.plotting import draw_boxes, overlay_masks, show_image, subplots
+
+    batch = next(iter(loader))
+    out = jax.tree.map(np.asarray, predict(model, jnp.asarray(batch["images"])))
+    count = min(count, len(batch["images"]))
+    fig, axes = subplots(count // 2, 2, size=2.6)
+    for i, ax in zip(range(count), axes, strict=False):
+        keep = out["valid"][i] & (out["scores"][i] >= 0.5)
+        shown = overlay_masks(batch["images"][i], out["masks"][i][keep], out["labels"][i][keep])
+        show_image(ax, shown)
+        draw_boxes(ax, out["boxes"][i][keep], out["labels"][i][keep], out["scores"][i][keep],
+                   class_names=names)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def final_evaluation(model, args, run, names, workdir):
+    from mrcnn_jax.evaluate import evaluate_model, pycocotools_stats
+    from mrcnn_jax.evaluation import print_table
+
+    source = shapes_source("validation", args.data_dir, **run["data"])
+    loader = make_loader(source, args.batch_size, image_size=args.image_size,
+                         max_instances=args.max_instances, train=False)
+    results, gt, dets = evaluate_model(model, loader, names)
+    print_table(results)
+    ref = pycocotools_stats(gt, dets)
+    print(f"pycocotools on the same detections: mask AP {ref['segm']['AP']:.4f}, "
+          f"AP50 {ref['segm']['AP50']:.4f}; box AP {ref['bbox']['AP']:.4f}")
+    (workdir / "evaluation.json").write_text(json.dumps({"ours": results, "pycocotools": ref,
+                                                         "num_images": len(gt["images"])}))
+    save_prediction_picture(model, loader, names, workdir / "predictions.png")
+    return results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    workdir = pathlib.Path(args.workdir)
+    began = time.perf_counter()
+    model, run, names, steps = train(args)
+    plot_loss_curve(workdir)
+    print(f"trained {steps} steps in {(time.perf_counter() - began) / 60:.1f} min")
+    if not args.no_final_eval:
+        final_evaluation(model, args, run, names, workdir)
+    print(f"outputs in {workdir.resolve()}: metrics.jsonl, loss_curve.png, checkpoints/, "
+          f"{'' if args.no_final_eval else 'evaluation.json, predictions.png'}")
+
+
+if __name__ == "__main__":
+    main()
