@@ -32,6 +32,8 @@ def config_from_dict(values):
     def build(cls, d):
         kwargs = {}
         for field in dataclasses.fields(cls):
+            if field.name not in d:  # a field added after the run was saved: its default
+                continue
             value = d[field.name]
             if dataclasses.is_dataclass(field.default):
                 value = build(type(field.default), value)

@@ -66,9 +66,10 @@ def build(args):
                          max_instances=args.max_instances, seed=args.seed, num_epochs=None)
     model = MaskRCNN(config, rngs=nnx.Rngs(args.seed))
     optimizer = make_optimizer(model, args.lr, warmup_steps=args.warmup, total_steps=args.steps)
-    run = {"config": checkpoints.config_to_dict(config), "data": data,
+    names = class_names(train_source)
+    run = {"config": checkpoints.config_to_dict(config), "data": data, "class_names": names,
            "max_instances": args.max_instances, "args": vars(args)}
-    return model, optimizer, loader, run, class_names(train_source)
+    return model, optimizer, loader, run, names
 
 
 def validation_loss(model, args, data, batches=4):
