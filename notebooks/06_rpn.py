@@ -1,0 +1,686 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · The region proposal network
+#
+# *How Mask R-CNN turns thousands of fixed anchors into a few hundred proposals: label the
+# anchors against the ground truth, sample them, train a small head, and keep its best boxes.*
+#
+# **You will learn**
+# - how each anchor is **matched** to a ground-truth box by IoU (positive at 0.7, negative below
+#   0.3, ignored in between) and why each object's best anchor is positive even below 0.7;
+# - **balanced sampling** of 256 anchors per image with an explicit PRNG key;
+# - the **regression targets** of positive anchors (the box coder of notebook 01);
+# - the RPN **head** (3x3 conv, then 1x1 convs for objectness and deltas), its output shapes and
+#   why its flattening order must match the anchors' order;
+# - the RPN **losses**: binary cross-entropy and smooth-L1 with `beta = 1/9`;
+# - how **proposals** are selected: top-k per level, decode, clip, NMS at 0.7.
+#
+# Everything happens on **one** 128 x 128 shapes image with `small_config`. Each step is written
+# inline first; the next cell imports the finished version from `mrcnn_jax` and asserts that
+# both agree.
+
+# %%
+import functools
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+from flax import nnx
+
+import mrcnn_jax
+from mrcnn_jax import plotting
+from mrcnn_jax.config import small_config
+from mrcnn_jax.data import CLASS_NAMES, parse_example, shapes_source
+from mrcnn_jax.losses import smooth_l1
+from mrcnn_jax.matcher import match
+from mrcnn_jax.rpn import RPNHead, rpn_losses, rpn_targets, select_proposals
+from mrcnn_jax.sampler import sample_balanced
+
+FAST = os.environ.get("MRCNN_JAX_FAST", "0") == "1"
+logging.getLogger("absl").setLevel(logging.ERROR)  # hide TFDS's "custom config" notices
+cfg = small_config()
+rpn = cfg.rpn
+G = 8  # padded ground-truth slots, as the data loader gives them (notebook 00)
+print(f"FAST={FAST}; anchor sizes {rpn.anchor_sizes}, ratios {rpn.aspect_ratios[0]}")
+print(f"IoU thresholds {rpn.fg_iou_threshold}/{rpn.bg_iou_threshold}, "
+      f"{rpn.batch_size_per_image} sampled anchors, {rpn.positive_fraction:.0%} positive at most")
+
+# %% [markdown]
+# ## 1. The image and its anchors (recap of notebook 02)
+#
+# Image 1 of the shapes training split, with its ground truth padded to `G = 8` slots and a
+# `valid` mask.
+
+# %%
+train = shapes_source("train", num_train=200, num_val=20, image_size=128, seed=0)
+example = parse_example(train[1])
+image = example["image"]  # (128, 128, 3) uint8
+n = len(example["boxes"])
+gt_boxes = jnp.zeros((G, 4)).at[:n].set(example["boxes"])  # (G, 4)
+gt_labels = jnp.zeros((G,), jnp.int32).at[:n].set(example["labels"])  # (G,)
+gt_valid = jnp.arange(G) < n  # (G,)
+names = ["background", *CLASS_NAMES]
+print(gt_boxes[:n], [names[k] for k in gt_labels[:n]], gt_valid.astype(int))
+
+# %% [markdown]
+# `small_config` has one anchor size per level (16 on P2 to 256 on P6) and three aspect ratios,
+# so 3 anchors per feature-map position. The feature sizes follow from the strides
+# (notebook 05): 32, 16, 8, 4 and 2.
+
+# %%
+feature_sizes = [(128 // 2**k, 128 // 2**k) for k in range(2, 7)]  # P2..P6
+anchors = mrcnn_jax.generate_anchors(cfg.image_size, feature_sizes, rpn.anchor_sizes,
+                                     rpn.aspect_ratios)  # (A, 4)
+counts = [h * w * 3 for h, w in feature_sizes]  # anchors per level
+starts = np.cumsum([0, *counts])  # level k's anchors are anchors[starts[k]:starts[k + 1]]
+level_of = np.repeat(np.arange(5), counts)  # (A,) level index 0..4 = P2..P6
+for k, ((h, w), c) in enumerate(zip(feature_sizes, counts, strict=True)):
+    print(f"P{k + 2}: {h:2d} x {w:2d} positions x 3 = {c:5d} anchors, size {rpn.anchor_sizes[k][0]}")
+print("all levels:", anchors.shape)
+assert anchors.shape == (3 * (32**2 + 16**2 + 8**2 + 4**2 + 2**2), 4) == (4092, 4)
+
+# %%
+fig, axes = plotting.subplots(5, size=2.6)
+for k, ax in enumerate(axes):
+    level = anchors[starts[k]:starts[k + 1]]  # (h*w*3, 4)
+    stride = 2 ** (k + 2)
+    plotting.show_image(ax, image, f"P{k + 2}: stride {stride}, size {rpn.anchor_sizes[k][0]}")
+    centres = (level[::3, :2] + level[::3, 2:]) / 2  # (h*w, 2) one per position
+    plotting.draw_points(ax, centres, colour_index=9, size=2 if k == 0 else 6)
+    pos = (feature_sizes[k][0] // 2) * feature_sizes[k][1] + feature_sizes[k][1] // 2  # a middle position
+    plotting.draw_boxes(ax, level[3 * pos:3 * pos + 3], colours=[plotting.colour(k)] * 3)
+    margin = 0.75 * rpn.anchor_sizes[k][0] + 4  # room for the anchors that stick out
+    ax.set_xlim(-margin, 128 + margin)
+    ax.set_ylim(128 + margin, -margin)
+fig.suptitle("anchor positions of each level and the 3 anchors of one position", fontsize=10)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Anchors are not clipped to the image: the large ones stick out (P6's are 256 pixels on a
+# 128-pixel image).
+#
+# ## 2. IoU of every anchor with every ground-truth box
+#
+# `box_iou(gt_boxes, anchors)` is a `(G, A)` matrix (notebook 01). Padded slots are all zeros and
+# must never match anything: the matcher masks them with `valid`.
+
+# %%
+iou = mrcnn_jax.box_iou(gt_boxes, anchors)  # (G, A)
+print("IoU matrix:", iou.shape)
+for g in range(n):
+    best = int(jnp.argmax(iou[g]))
+    print(f"gt {g} ({names[gt_labels[g]]:8s}) best anchor {best:4d} on P{level_of[best] + 2} "
+          f"IoU {float(iou[g, best]):.3f}; anchors with IoU >= 0.7: {int((iou[g] >= 0.7).sum())}")
+
+# %%
+best_iou = jnp.max(jnp.where(gt_valid[:, None], iou, -1.0), axis=0)  # (A,) best over gt
+fig, axes = plotting.subplots(6, size=2.2)
+plotting.show_image(axes[0], image, "image")
+plotting.draw_boxes(axes[0], gt_boxes, labels=gt_labels, class_names=names, valid=gt_valid)
+for k in range(5):
+    h, w = feature_sizes[k]
+    level_best = best_iou[starts[k]:starts[k + 1]].reshape(h, w, 3).max(axis=-1)  # (h, w)
+    axes[k + 1].imshow(np.asarray(level_best), vmin=0, vmax=1, cmap="viridis")
+    axes[k + 1].set_title(f"P{k + 2}: max {float(level_best.max()):.2f}", fontsize=9)
+    axes[k + 1].set_xticks([])
+    axes[k + 1].set_yticks([])
+fig.suptitle("best IoU with any object, per position (max over the 3 ratios)", fontsize=10)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Objects of 30-40 pixels match P3 (size 32) and P4 (size 64) anchors best. Few anchors reach
+# IoU 0.7: anchors lie on a grid with fixed sizes, and small objects are hard to cover well.
+#
+# ## 3. Matching with thresholds 0.7 / 0.3, by hand first
+#
+# Faster R-CNN's rule, per anchor: take its best ground truth; IoU `>= 0.7`: **positive** (that
+# ground truth's index); below `0.3`: **negative** (`-1`); in between: **ignored** (`-2`), it
+# does not enter the loss. Then the **low-quality** rule: each ground truth's best anchors (all
+# ties) become positive even below 0.7, so no object is left without an anchor.
+#
+# By hand, two ground truths and four anchors:
+#
+# | IoU | a0 | a1 | a2 | a3 |
+# |---|---|---|---|---|
+# | gt0 | 0.80 | 0.50 | 0.10 | 0.00 |
+# | gt1 | 0.00 | 0.20 | 0.60 | 0.25 |
+#
+# a0: 0.80 with gt0, positive → 0. a1: best 0.50 → ignored (-2). a2: best 0.60 with gt1 →
+# ignored, *but* it is gt1's best anchor → positive 1. a3: best 0.25 → negative (-1).
+
+# %%
+def my_match(iou, gt_valid, high, low, allow_low_quality):
+    iou = jnp.where(gt_valid[:, None], iou, -1.0)  # (G, P): padding never wins
+    best = iou.max(axis=0)  # (P,)
+    best_gt = iou.argmax(axis=0)  # (P,)
+    matches = jnp.where(best >= high, best_gt, jnp.where(best < low, -1, -2))
+    if allow_low_quality:
+        best_of_gt = iou.max(axis=1, keepdims=True)  # (G, 1)
+        is_best = ((iou == best_of_gt) & gt_valid[:, None]).any(axis=0)  # (P,)
+        matches = jnp.where(is_best, best_gt, matches)
+    return matches
+
+
+toy = jnp.array([[0.8, 0.5, 0.1, 0.0], [0.0, 0.2, 0.6, 0.25]])
+print("without low-quality:", my_match(toy, jnp.array([True, True]), 0.7, 0.3, False))
+print("with low-quality:   ", my_match(toy, jnp.array([True, True]), 0.7, 0.3, True))
+np.testing.assert_array_equal(my_match(toy, jnp.array([True, True]), 0.7, 0.3, True), [0, -2, 1, -1])
+np.testing.assert_array_equal(match(toy, jnp.array([True, True]), 0.7, 0.3, True), [0, -2, 1, -1])
+
+# %% [markdown]
+# Now on all 4092 anchors of our image, compared with `mrcnn_jax.matcher.match`.
+
+# %%
+matches = my_match(iou, gt_valid, rpn.fg_iou_threshold, rpn.bg_iou_threshold, True)  # (A,)
+np.testing.assert_array_equal(matches, match(iou, gt_valid, 0.7, 0.3, allow_low_quality=True))
+strict = my_match(iou, gt_valid, 0.7, 0.3, False)
+for name, m in [("strict 0.7/0.3", strict), ("with low-quality", matches)]:
+    print(f"{name:18s} positive {int((m >= 0).sum()):3d}  negative {int((m == -1).sum()):4d}  "
+          f"ignored {int((m == -2).sum()):3d}")
+print("identical to mrcnn_jax.matcher.match")
+
+# %% [markdown]
+# ## 4. A low-quality match
+#
+# One object has no anchor at IoU 0.7. Its best anchor becomes positive anyway: without the
+# rule that object would teach the RPN nothing.
+
+# %%
+best_per_gt = jnp.max(iou[:n], axis=1)  # (n,)
+low_gt = int(jnp.argmin(best_per_gt))
+low_anchors = np.flatnonzero(np.asarray(iou[low_gt] == best_per_gt[low_gt]))
+print(f"gt {low_gt}: best IoU {float(best_per_gt[low_gt]):.3f} < 0.7, best anchors {low_anchors}, "
+      f"matched to {np.asarray(matches[low_anchors])} (strict rule: {np.asarray(strict[low_anchors])})")
+assert float(best_per_gt[low_gt]) < 0.7 and np.all(np.asarray(matches[low_anchors]) == low_gt)
+assert np.all(np.asarray(strict[low_anchors]) == -2)
+
+fig, (ax,) = plotting.subplots(size=4.0)
+plotting.show_image(ax, image, f"gt {low_gt} and its best anchor: IoU {float(best_per_gt[low_gt]):.2f}")
+plotting.draw_boxes(ax, gt_boxes[low_gt:low_gt + 1], labels=gt_labels[low_gt:low_gt + 1],
+                    class_names=names, linewidth=2)
+plotting.draw_boxes(ax, anchors[low_anchors], colours=[plotting.colour(4)] * len(low_anchors),
+                    linestyle="--", linewidth=2)
+ax.plot([], [], "--", color=plotting.colour(4), label="best anchor: positive by the low-quality rule")
+ax.legend(fontsize=7, loc="lower left")
+plt.show()
+
+# %% [markdown]
+# ## 5. Anchor labels, level by level
+#
+# Labels for the loss: `1` positive, `0` negative, `-1` ignored. Positives are drawn solid,
+# ignored anchors dashed (all of them), negatives dotted (a random 12 per level: there are
+# thousands).
+
+# %%
+labels = jnp.where(matches >= 0, 1, jnp.where(matches == -1, 0, -1))  # (A,)
+rng = np.random.default_rng(0)
+fig, axes = plotting.subplots(5, size=2.8)
+for k, ax in enumerate(axes):
+    lv = np.asarray(labels[starts[k]:starts[k + 1]])
+    level = anchors[starts[k]:starts[k + 1]]
+    plotting.show_image(ax, image, f"P{k + 2}: {np.sum(lv == 1)} pos, {np.sum(lv == -1)} ign, "
+                        f"{np.sum(lv == 0)} neg")
+    neg = rng.choice(np.flatnonzero(lv == 0), 12, replace=False)
+    plotting.draw_boxes(ax, level[neg], colours=[plotting.colour(2)] * 12, linestyle=":", linewidth=1)
+    ign = np.flatnonzero(lv == -1)
+    plotting.draw_boxes(ax, level[ign], colours=[plotting.colour(1)] * len(ign), linestyle="--", linewidth=0.8)
+    pos = np.flatnonzero(lv == 1)
+    plotting.draw_boxes(ax, level[pos], colours=[plotting.colour(0)] * len(pos), linewidth=2)
+    ax.set_xlim(-30, 158)
+    ax.set_ylim(158, -30)
+for i, text in enumerate(["positive", "ignored", "negative (sample)"]):
+    axes[0].plot([], [], ["-", "--", ":"][i], color=plotting.colour(i), label=text)
+axes[0].legend(fontsize=7, loc="lower left")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 6. Balanced sampling of 256 anchors
+#
+# Thousands of negatives and a handful of positives: the loss would learn "always background".
+# So each image contributes `256` anchors, at most half of them positive: take
+# `min(#positive, 128)` positives at random, fill up with random negatives. The randomness comes
+# from an explicit PRNG key, split in two named keys. Outside `jit` we may use data-dependent
+# shapes (`flatnonzero`, `permutation`):
+
+# %%
+def my_sample(key, labels, num_samples, positive_fraction):
+    pos_key, neg_key = jax.random.split(key)
+    pos_idx, neg_idx = jnp.flatnonzero(labels == 1), jnp.flatnonzero(labels == 0)
+    num_pos = min(len(pos_idx), int(num_samples * positive_fraction))
+    num_neg = min(len(neg_idx), num_samples - num_pos)
+    chosen_pos = jax.random.permutation(pos_key, pos_idx)[:num_pos]
+    chosen_neg = jax.random.permutation(neg_key, neg_idx)[:num_neg]
+    positive = jnp.zeros(labels.shape, bool).at[chosen_pos].set(True)
+    negative = jnp.zeros(labels.shape, bool).at[chosen_neg].set(True)
+    return positive, negative
+
+
+key = jax.random.key(0)
+my_pos, my_neg = my_sample(key, labels, 256, 0.5)
+pkg_pos, pkg_neg = sample_balanced(key, labels, 256, 0.5)
+print(f"mine:    {int(my_pos.sum())} positive + {int(my_neg.sum())} negative")
+print(f"package: {int(pkg_pos.sum())} positive + {int(pkg_neg.sum())} negative")
+assert int(my_pos.sum()) == int(pkg_pos.sum()) == int((labels == 1).sum())  # fewer than 128
+assert int(my_neg.sum()) == int(pkg_neg.sum()) == 256 - int((labels == 1).sum())
+assert not (pkg_pos & pkg_neg).any() and bool(jnp.all(labels[pkg_neg] == 0))
+
+# %% [markdown]
+# The counts agree; *which* negatives are chosen differs, because the package draws them
+# differently: under `jit` shapes must be static, so each candidate draws a uniform priority
+# and `lax.top_k` with the static `k = 256` keeps the highest ones. Same key, same choice;
+# another key, another choice:
+
+# %%
+again, _ = sample_balanced(key, labels, 256, 0.5)
+_, other_neg = sample_balanced(jax.random.key(1), labels, 256, 0.5)
+print("same key, same negatives:", bool(jnp.all(sample_balanced(key, labels, 256, 0.5)[1] == pkg_neg)),
+      "; another key shares", int((other_neg & pkg_neg).sum()), "of 252")
+targets = rpn_targets(key, anchors, gt_boxes, gt_valid, rpn)  # the package's full target step
+np.testing.assert_array_equal(targets["labels"], labels == 1)
+np.testing.assert_array_equal(targets["sampled"], pkg_pos | pkg_neg)
+
+fig, (ax,) = plotting.subplots(size=4.0)
+plotting.show_image(ax, image, "sampled anchors: centres")
+for k in range(5):
+    on = np.asarray(pkg_neg) & (level_of == k)
+    plotting.draw_points(ax, (anchors[on, :2] + anchors[on, 2:]) / 2, colour_index=k, size=8,
+                         label=f"negative on P{k + 2}: {on.sum()}")
+plotting.draw_boxes(ax, anchors[np.asarray(pkg_pos)], colours=[plotting.colour(0)] * int(pkg_pos.sum()),
+                    linewidth=2)
+ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1, 1))
+ax.set_xlim(-40, 168)
+ax.set_ylim(168, -40)
+plt.show()
+
+# %% [markdown]
+# Negatives are drawn uniformly over **anchors**, and P2 has 3072 of the 4092: most sampled
+# negatives are small P2 anchors.
+#
+# ## 7. Regression targets
+#
+# Each positive anchor learns the deltas that move it onto its ground truth:
+# `encode_boxes(gt[matches], anchors)` with weights `(1, 1, 1, 1)` (notebook 01). The package
+# computes them for every anchor, but only positives enter the loss.
+
+# %%
+pos_idx = np.flatnonzero(np.asarray(labels == 1))
+matched = gt_boxes[matches[pos_idx]]  # (npos, 4)
+deltas = mrcnn_jax.encode_boxes(matched, anchors[pos_idx])  # (npos, 4)
+for a, d in zip(pos_idx, np.asarray(deltas), strict=True):
+    print(f"anchor {a:4d} (P{level_of[a] + 2}) -> gt {int(matches[a])}: dx {d[0]:+.3f} dy {d[1]:+.3f} "
+          f"dw {d[2]:+.3f} dh {d[3]:+.3f}")
+np.testing.assert_allclose(deltas, targets["deltas"][pos_idx], atol=1e-6)
+np.testing.assert_allclose(mrcnn_jax.decode_boxes(deltas, anchors[pos_idx]), matched, atol=1e-3)
+
+# %%
+fig, (ax,) = plotting.subplots(size=4.4)
+plotting.show_image(ax, image, "positive anchors (dashed) -> their targets (solid)")
+plotting.draw_boxes(ax, gt_boxes, valid=gt_valid, linewidth=2)  # colour of gt g: colour(g)
+for j, a in enumerate(pos_idx):
+    c = plotting.colour(int(matches[a]))
+    plotting.draw_boxes(ax, anchors[a:a + 1], colours=[c], linestyle="--", linewidth=1)
+    (ax1, ay1, ax2, ay2), (gx1, gy1, gx2, gy2) = np.asarray(anchors[a]), np.asarray(matched[j])
+    ax.annotate("", ((gx1 + gx2) / 2, (gy1 + gy2) / 2), ((ax1 + ax2) / 2, (ay1 + ay2) / 2),
+                arrowprops=dict(arrowstyle="->", color=c, linewidth=1.5))
+ax.set_xlim(-10, 138)
+ax.set_ylim(138, -10)
+plt.show()
+
+# %% [markdown]
+# ## 8. The RPN head
+#
+# One small head is shared by all five levels (they all have `F = 64` channels): a 3x3 conv +
+# ReLU, then a 1x1 conv with `3` outputs (one objectness logit per anchor of a position) and a
+# 1x1 conv with `3 x 4` outputs (four deltas per anchor). Weights start at `N(0, 0.01)`, as in
+# torchvision. A randomly initialised backbone would give it no more information than noise,
+# so here we feed it random stand-ins for P2-P6 of the right shapes.
+
+# %%
+head = RPNHead(cfg.fpn_channels, 3, rngs=nnx.Rngs(0))
+features = [jax.random.normal(jax.random.key(k), (1, h, w, cfg.fpn_channels))
+            for k, (h, w) in enumerate(feature_sizes)]  # stand-in [P2..P6]
+run_head = nnx.jit(lambda head, features: head(features))
+logits, deltas_pred = run_head(head, features)  # (1, A), (1, A, 4)
+for k, x in enumerate(features):
+    t = jax.nn.relu(head.conv(x))
+    print(f"P{k + 2} {tuple(x.shape)} -> cls {tuple(head.cls_logits(t).shape)}, "
+          f"box {tuple(head.bbox_pred(t).shape)}")
+print("flattened:", logits.shape, deltas_pred.shape)
+assert logits.shape == (1, len(anchors)) and deltas_pred.shape == (1, len(anchors), 4)
+
+# %% [markdown]
+# **Flattening order.** Level `k`'s output `(1, h, w, 3)` is reshaped to `(1, h*w*3)`: row-major,
+# so the flat index is `(y * w + x) * 3 + a`, position-major then anchor, exactly the order of
+# `generate_anchors` (notebook 02). Box outputs `(1, h, w, 12)` become `(1, h*w*3, 4)`: four
+# consecutive channels per anchor. Levels are concatenated P2 first. Check: the anchor at flat
+# index `starts[k] + (y * w + x) * 3 + a` is centred on `(x * stride, y * stride)`, and its logit
+# is the head's output at `(y, x, a)`.
+
+# %%
+for k, (y, x, a) in [(0, (5, 7, 2)), (1, (3, 11, 0)), (4, (1, 0, 1))]:
+    h, w = feature_sizes[k]
+    stride = 128 // w
+    flat = starts[k] + (y * w + x) * 3 + a
+    centre = (anchors[flat, :2] + anchors[flat, 2:]) / 2
+    out = head.cls_logits(jax.nn.relu(head.conv(features[k])))  # (1, h, w, 3)
+    box = head.bbox_pred(jax.nn.relu(head.conv(features[k])))  # (1, h, w, 12)
+    print(f"P{k + 2} (y={y}, x={x}, a={a}) -> flat {flat}, anchor centre {centre}")
+    np.testing.assert_allclose(centre, [x * stride, y * stride])
+    np.testing.assert_allclose(logits[0, flat], out[0, y, x, a], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(deltas_pred[0, flat], box[0, y, x, 4 * a:4 * a + 4], rtol=1e-5, atol=1e-6)
+
+# %% [markdown]
+# ## 9. The RPN losses
+#
+# - **Objectness**: binary cross-entropy with logits on the 256 sampled anchors,
+#   `max(z, 0) - z t + log(1 + exp(-|z|))` (the stable form of `-t log σ(z) - (1-t) log(1-σ(z))`).
+# - **Box**: smooth-L1 of `pred - target` on the positives only, summed over the 4 deltas:
+#   `0.5 x² / β` for `|x| < β`, else `|x| - 0.5 β`, with torchvision's `β = 1/9`.
+# - Both are divided by the number of **sampled** anchors (256 here), not by the positives.
+#
+# By hand, smooth-L1 with `β = 1/9`: `x = 0.05` → `0.5 * 0.0025 * 9 = 0.01125`; `x = 0.5` →
+# `0.5 - 1/18 = 0.4444`. BCE at logit 0 is `log 2 = 0.693` whatever the label; our random head
+# outputs logits near 0.
+
+# %%
+def my_smooth_l1(x, beta):
+    return jnp.where(jnp.abs(x) < beta, 0.5 * x**2 / beta, jnp.abs(x) - 0.5 * beta)
+
+
+def my_bce(z, t):
+    return jnp.maximum(z, 0) - z * t + jnp.log1p(jnp.exp(-jnp.abs(z)))
+
+
+print(my_smooth_l1(jnp.array([0.05, 0.5, -0.5]), 1 / 9), my_bce(jnp.array([0.0, 0.0]), jnp.array([0.0, 1.0])))
+np.testing.assert_allclose(my_smooth_l1(jnp.array([0.05, 0.5]), 1 / 9), [0.01125, 0.5 - 1 / 18], rtol=1e-5)
+np.testing.assert_allclose(my_smooth_l1(jnp.linspace(-1, 1, 41), 1 / 9), smooth_l1(jnp.linspace(-1, 1, 41), 1 / 9),
+                           rtol=1e-6)
+
+
+def my_rpn_losses(logits, deltas, targets, beta):
+    sampled, positive = targets["sampled"], targets["positive"]
+    count = max(int(sampled.sum()), 1)
+    bce = my_bce(logits, targets["labels"])  # (A,)
+    box = my_smooth_l1(deltas - targets["deltas"], beta).sum(axis=-1)  # (A,)
+    return bce[sampled].sum() / count, box[positive].sum() / count
+
+
+mine = my_rpn_losses(logits[0], deltas_pred[0], targets, rpn.smooth_l1_beta)
+batch_targets = jax.tree.map(lambda t: t[None], targets)  # the package works on a batch
+theirs = rpn_losses(logits, deltas_pred, batch_targets, rpn.smooth_l1_beta)
+print(f"objectness: mine {float(mine[0]):.5f}  package {float(theirs['rpn_objectness']):.5f}")
+print(f"box:        mine {float(mine[1]):.5f}  package {float(theirs['rpn_box']):.5f}")
+np.testing.assert_allclose(mine, [theirs["rpn_objectness"], theirs["rpn_box"]], rtol=1e-5)
+assert abs(float(mine[0]) - np.log(2)) < 0.05  # logits near 0: about log 2
+
+# %% [markdown]
+# ## 10. From scores to proposals
+#
+# At inference (and to feed the box head during training) the RPN keeps its best boxes:
+# 1. per level, the `pre_nms_top_n` anchors with the highest logits (300 per level at test time
+#    here, 1000 in torchvision), so that the many P2 anchors do not crowd out the others;
+# 2. decode their deltas onto the anchors, clip to the image, drop boxes narrower than
+#    `min_size`;
+# 3. NMS at IoU 0.7, **separately per level** (torchvision's `batched_nms` with the level as the
+#    class), then keep the `post_nms_top_n` best overall (100 here).
+#
+# Inline, reusing `decode_boxes`, `clip_boxes` (notebook 01) and `batched_nms` (notebook 03).
+# One `jit` each, with the sizes static.
+
+# %%
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def my_select(logits, deltas, anchors, counts, cfg_rpn):
+    picks, levels, start = [], [], 0
+    for level, size in enumerate(counts):
+        k = min(cfg_rpn.pre_nms_top_n_test, size)
+        picks.append(jax.lax.top_k(logits[start:start + size], k)[1] + start)  # (k,)
+        levels.append(jnp.full((k,), level))
+        start += size
+    picks, levels = jnp.concatenate(picks), jnp.concatenate(levels)  # (Nc,)
+    boxes = mrcnn_jax.clip_boxes(mrcnn_jax.decode_boxes(deltas[picks], anchors[picks]), (128, 128))
+    scores = jax.nn.sigmoid(logits[picks])
+    wide = jnp.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= cfg_rpn.min_size
+    keep, valid = mrcnn_jax.batched_nms(boxes, scores, levels, cfg_rpn.nms_threshold,
+                                        cfg_rpn.post_nms_top_n_test, valid=wide)
+    return boxes, scores, boxes[keep], jnp.where(valid, scores[keep], 0.0), valid
+
+
+package_select = jax.jit(select_proposals, static_argnums=(3, 4, 5, 6))
+
+
+def proposals(logits, deltas):
+    """Inline proposals, checked against mrcnn_jax.rpn.select_proposals."""
+    out = my_select(logits, deltas, jnp.asarray(anchors), tuple(counts), rpn)
+    boxes, scores, valid = package_select(logits, deltas, jnp.asarray(anchors), tuple(counts),
+                                          cfg.image_size, rpn, False)
+    np.testing.assert_array_equal(out[4], valid)
+    np.testing.assert_allclose(out[2], boxes, atol=1e-4)
+    np.testing.assert_allclose(out[3], scores, atol=1e-6)
+    return out
+
+
+random_out = proposals(logits[0], deltas_pred[0])
+print(f"random head: {len(random_out[0])} candidates -> {int(random_out[4].sum())} proposals, "
+      f"scores {float(random_out[3][random_out[4]].min()):.3f}..{float(random_out[3].max()):.3f}")
+print("inline selection == mrcnn_jax.rpn.select_proposals")
+
+# %% [markdown]
+# A randomly initialised head scores every anchor about `σ(0) = 0.5` and barely moves it: its
+# "proposals" are just anchors picked by noise.
+
+# %%
+def recall(boxes, valid, threshold=0.5):
+    """Fraction of the objects with a proposal at IoU >= threshold."""
+    best = jnp.where(valid[None], mrcnn_jax.box_iou(gt_boxes[:n], boxes), 0.0).max(axis=1)
+    return float((best >= threshold).mean())
+
+
+fig, (ax,) = plotting.subplots(size=4.0)
+plotting.show_image(ax, image, f"random head: top 15 of {int(random_out[4].sum())} proposals")
+plotting.draw_boxes(ax, random_out[2][:15], colours=[plotting.colour(6)] * 15)
+plt.show()
+print(f"recall at IoU 0.5 of the random head's proposals: {recall(random_out[2], random_out[4]):.2f}")
+
+# %% [markdown]
+# **An oracle RPN.** To see what a *trained* RPN's proposals look like before we train one,
+# we cheat, and say so: we build the outputs from the targets. The logit of each
+# anchor is `12 * (its best IoU - 0.4)` plus noise (so anchors overlapping an object score high,
+# the better the overlap the higher), and its deltas are the exact regression targets towards
+# its best object plus noise of standard deviation 0.05. These are **not** outputs of a network.
+
+# %%
+noise_key, delta_key = jax.random.split(jax.random.key(42))
+best_gt = jnp.argmax(jnp.where(gt_valid[:, None], iou, -1.0), axis=0)  # (A,)
+oracle_logits = 12.0 * (best_iou - 0.4) + 0.5 * jax.random.normal(noise_key, best_iou.shape)
+oracle_deltas = (mrcnn_jax.encode_boxes(gt_boxes[best_gt], anchors)
+                 + 0.05 * jax.random.normal(delta_key, (len(anchors), 4)))
+cand_boxes, cand_scores, prop_boxes, prop_scores, prop_valid = proposals(oracle_logits, oracle_deltas)
+before = np.asarray(cand_scores >= 0.5)
+after = np.asarray(prop_valid & (prop_scores >= 0.5))
+print(f"candidates after top-k: {len(cand_boxes)}, of which scoring >= 0.5: {before.sum()}")
+print(f"after NMS 0.7: {int(prop_valid.sum())} proposals, of which scoring >= 0.5: {after.sum()}")
+print(f"recall at IoU 0.5: {recall(prop_boxes, prop_valid):.2f}")
+assert after.sum() < before.sum() and recall(prop_boxes, prop_valid) == 1.0
+
+# %%
+fig, axes = plotting.subplots(2, size=4.2)
+cand_levels = np.repeat(np.arange(5), [min(rpn.pre_nms_top_n_test, c) for c in counts])
+for ax, boxes, keep, title in [
+        (axes[0], cand_boxes, before, f"before NMS: {before.sum()} boxes scoring >= 0.5"),
+        (axes[1], prop_boxes, after, f"after NMS 0.7: {after.sum()} boxes scoring >= 0.5")]:
+    plotting.show_image(ax, image, title)
+    if ax is axes[0]:
+        colours = [plotting.colour(cand_levels[i]) for i in range(len(boxes))]
+    else:  # level of each kept box, found by matching it among the candidates
+        same = np.all(np.isclose(np.asarray(prop_boxes)[:, None], np.asarray(cand_boxes)[None]), axis=-1)
+        colours = [plotting.colour(cand_levels[np.argmax(row)]) for row in same]
+    plotting.draw_boxes(ax, boxes, colours=colours, valid=keep, linewidth=1)
+    ax.set_xlim(0, 128)
+    ax.set_ylim(128, 0)
+for k in range(5):
+    axes[1].plot([], [], color=plotting.colour(k), label=f"P{k + 2}")
+axes[1].legend(fontsize=7, loc="lower left")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Before NMS each object is covered by a pile of near-duplicate boxes; NMS keeps one per object
+# **per level** (NMS runs level by level, so an object seen well by two levels keeps two
+# boxes; the box head sorts that out). The oracle covers every object (recall 1.0); a trained
+# RPN gets close to that.
+#
+# ## 11. Optional: torchvision's `Matcher`
+#
+# If torchvision is installed, its `Matcher` (with `allow_low_quality_matches=True`) gives the
+# same matches on the same IoU matrix (valid ground truth only: torchvision has no padding).
+
+# %%
+try:
+    import torch
+    from torchvision.models.detection._utils import Matcher
+except ImportError:
+    print("torchvision is not installed: skipping the comparison")
+else:
+    tv_matcher = Matcher(0.7, 0.3, allow_low_quality_matches=True)
+    tv = tv_matcher(torch.from_numpy(np.array(iou[:n]))).numpy()
+    np.testing.assert_array_equal(tv, matches)
+    print(f"torchvision Matcher agrees on all {len(tv)} anchors")
+
+# %% [markdown]
+# ## Summary
+#
+# - Each anchor is matched to its best ground truth: positive at IoU >= 0.7, negative below
+#   0.3, ignored in between, and each object's best anchors are positive anyway (low-quality
+#   matches; on small shapes most positives come from this rule). Padded slots never match.
+# - 256 anchors per image are sampled, at most half positive, with an explicit key; the package
+#   uses random priorities and `top_k` to keep shapes static.
+# - Positives regress `encode_boxes(gt, anchor)`; the losses are BCE on sampled anchors and
+#   smooth-L1 (beta 1/9) on positives, both divided by the number sampled.
+# - The shared head gives `(B, h, w, 3)` logits and `(B, h, w, 12)` deltas per level, flattened
+#   position-major then anchor, P2 first: the anchors' order.
+# - Proposals: top-k per level, decode, clip, drop tiny boxes, NMS 0.7 per level, top-k overall.
+#
+# Next: **07 · RoI heads**, which classify and refine these proposals.
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise has a stub that raises `NotImplementedError` and a check that runs when you
+# replace it. A wrong answer raises an `AssertionError` that says what was expected.
+#
+# **Exercise 1: labels from matches.** Write `my_rpn_labels(matches (A,)) -> (A,)` with `1` for a
+# matched anchor (index >= 0), `0` for background (`-1`) and `-1` for ignored (`-2`).
+
+# %%
+def check_rpn_labels(fn):
+    got = np.asarray(fn(jnp.array([0, 3, -1, -2, 1, -1])))
+    np.testing.assert_array_equal(got, [1, 1, 0, -1, 1, 0], err_msg="labels of the hand example")
+    np.testing.assert_array_equal(np.asarray(fn(matches)), labels, err_msg="labels of our image")
+
+
+def my_rpn_labels(matches):
+    raise NotImplementedError
+
+
+try:
+    check_rpn_labels(my_rpn_labels)
+    print("correct!")
+except NotImplementedError:
+    print("not attempted yet")
+
+# %% [markdown]
+# **Exercise 2: where is this anchor?** Write `my_anchor_index(level, y, x, a)`: the flat index
+# into `anchors` (and into the head's flattened outputs) of anchor `a` (0..2) at position
+# `(y, x)` of level `level` (2..6 for P2..P6), for our 128 x 128 image.
+
+# %%
+def check_anchor_index(fn):
+    assert fn(2, 0, 0, 0) == 0, "the first anchor of P2"
+    assert fn(2, 0, 1, 0) == 3, "the next position on P2 is 3 anchors later"
+    assert fn(3, 0, 0, 0) == 3072, "P3 starts after the 32 x 32 x 3 anchors of P2"
+    for level, y, x, a in [(2, 5, 7, 2), (4, 3, 6, 1), (6, 1, 1, 2)]:
+        flat = fn(level, y, x, a)
+        stride = 2**level
+        centre = (anchors[flat, :2] + anchors[flat, 2:]) / 2
+        np.testing.assert_allclose(centre, [x * stride, y * stride], err_msg=f"P{level} ({y}, {x}, {a})")
+        side = anchors[flat, 2:] - anchors[flat, :2]
+        assert (side[1] > side[0]) == (a == 2), f"anchor {a} of P{level}: ratio order is 0.5, 1, 2"
+
+
+def my_anchor_index(level, y, x, a):
+    raise NotImplementedError
+
+
+try:
+    check_anchor_index(my_anchor_index)
+    print("correct!")
+except NotImplementedError:
+    print("not attempted yet")
+
+# %% [markdown]
+# **Exercise 3: detectron2's RPN box loss.** detectron2 uses plain L1 (`beta = 0`) for the RPN box
+# loss. Write `my_rpn_box_loss(pred_deltas (A, 4), target_deltas (A, 4), positive (A,), sampled
+# (A,), beta)` that handles `beta = 0` too, normalised like torchvision's.
+
+# %%
+def check_rpn_box_loss(fn):
+    for beta in (1 / 9, 0.0):
+        got = float(fn(deltas_pred[0], targets["deltas"], targets["positive"], targets["sampled"], beta))
+        expected = float(rpn_losses(logits, deltas_pred, batch_targets, beta)["rpn_box"])
+        assert abs(got - expected) < 1e-5 * max(1.0, expected), f"beta={beta}: expected {expected}, got {got}"
+    got = float(fn(jnp.zeros((2, 4)), jnp.ones((2, 4)), jnp.array([True, False]), jnp.array([True, True]), 0.0))
+    assert abs(got - 2.0) < 1e-6, f"one positive off by 1 in each of 4 deltas, 2 sampled: expected 2.0, got {got}"
+
+
+def my_rpn_box_loss(pred_deltas, target_deltas, positive, sampled, beta):
+    raise NotImplementedError
+
+
+try:
+    check_rpn_box_loss(my_rpn_box_loss)
+    print("correct!")
+except NotImplementedError:
+    print("not attempted yet")
+
+# %% [markdown]
+# **Exercise 4: proposal recall.** Write `my_recall(proposals (P, 4), valid (P,), gt (n, 4),
+# threshold)`: the fraction of ground-truth boxes that have at least one valid proposal with
+# IoU >= threshold. It is the number that matters for an RPN: an object without a proposal can
+# never be detected.
+
+# %%
+def check_recall(fn):
+    gt = jnp.array([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    props = jnp.array([[0.0, 0.0, 10.0, 9.0], [20.0, 20.0, 30.0, 30.0], [50.0, 50.0, 60.0, 60.0]])
+    assert abs(float(fn(props, jnp.array([True, True, True]), gt, 0.5)) - 1.0) < 1e-6, "both covered"
+    assert abs(float(fn(props, jnp.array([True, False, True]), gt, 0.5)) - 0.5) < 1e-6, "invalid proposals do not count"
+    assert abs(float(fn(props, jnp.array([True, True, True]), gt, 0.95)) - 0.5) < 1e-6, "IoU 0.9 < 0.95"
+    assert abs(float(fn(prop_boxes, prop_valid, gt_boxes[:n], 0.5)) - recall(prop_boxes, prop_valid)) < 1e-6
+
+
+def my_recall(proposals, valid, gt, threshold):
+    raise NotImplementedError
+
+
+try:
+    check_recall(my_recall)
+    print("correct!")
+except NotImplementedError:
+    print("not attempted yet")
