@@ -40,6 +40,8 @@ def test_draw_shapes_invariants():
         np.testing.assert_array_equal(boxes, tight_boxes(masks))
         assert (masks.sum(axis=0) <= 1).all()  # visible parts never overlap
         assert (masks.sum(axis=(1, 2)) >= 16).all()  # min_visible
+        sides = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1)
+        assert (sides >= 4).all()  # min_side: no slivers
         for mask in masks:  # one colour per visible part, never the background colour
             colours = np.unique(image[mask], axis=0)
             assert len(colours) == 1 and colours[0].min() >= 110

@@ -48,7 +48,16 @@ def _shape_mask(kind, cx, cy, r, size):
     return (dy <= r) & (np.abs(dx) <= (dy + r) / 2)
 
 
-def draw_shapes(rng, image_size=128, max_objects=6, min_visible=16, size_range=(0.08, 0.22)):
+def _min_side(mask):
+    """Shorter side of the tight box of a boolean ``(S, S)`` mask (0 if empty)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return 0
+    return min(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
+
+
+def draw_shapes(rng, image_size=128, max_objects=6, min_visible=16, size_range=(0.08, 0.22),
+                min_side=4):
     """Draw one synthetic image; returns a dict of numpy arrays.
 
     Args:
@@ -56,6 +65,8 @@ def draw_shapes(rng, image_size=128, max_objects=6, min_visible=16, size_range=(
       image_size: side ``S`` of the square image.
       max_objects: at most this many shapes are painted (at least one).
       min_visible: instances with fewer visible pixels are dropped (fully hidden ones too).
+      min_side: instances whose visible part is thinner than this (a sliver left by
+        occlusion, say 35 x 1 px) are dropped too: no detector can be asked to find them.
       size_range: half-size of a shape as a fraction of ``S``.
 
     Returns:
@@ -78,7 +89,8 @@ def draw_shapes(rng, image_size=128, max_objects=6, min_visible=16, size_range=(
     for k in range(count - 1, -1, -1):  # later shapes occlude earlier ones
         visible[k] = full[k] & ~covered
         covered |= full[k]
-    keep = [k for k in range(count) if visible[k].sum() >= min_visible]
+    keep = [k for k in range(count)
+            if visible[k].sum() >= min_visible and _min_side(visible[k]) >= min_side]
     for k in keep:  # pixels of dropped slivers stay background: masks explain every pixel
         image[visible[k]] = colours[k]
     masks = np.stack([visible[k] for k in keep]) if keep else np.zeros(
@@ -109,7 +121,7 @@ def shapes_config(image_size=128, num_train=1000, num_val=100, max_objects=6, se
 class Shapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """TFDS builder of the synthetic shapes data (not registered: read back from files)."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")  # 1.1.0: slivers thinner than 4 px dropped
     RELEASE_NOTES = {"1.0.0": "Initial release."}
 
     def _info(self):
