@@ -103,3 +103,42 @@ def _layout_shape(name, shape):
     if kind in ("fc6", "linear"):
         return (shape[1], shape[0])
     return tuple(shape)
+
+
+def _to_numpy(value):
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch
+        value = value.detach().cpu()
+    return np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+
+
+def load_torchvision_state(model, state_dict, prefix=(), roi_size=7):
+    """Copy torchvision tensors into ``model`` in place, converting layouts.
+
+    Args:
+      model: a :class:`MaskRCNN` or one of its parts (then ``prefix`` is its attribute path in
+        ``MaskRCNN``, e.g. ``("body",)``, so names resolve to full torchvision names).
+      state_dict: ``{torchvision name: array}``; tensors (anything with ``.numpy()``) or numpy.
+      roi_size: the box head's pooled size (fc6's input layout).
+    Raises:
+      ValueError listing every missing, unexpected and mis-shaped tensor at once.
+    """
+    used, updated, missing, misshaped = set(), [], [], []
+    for path, variable in nnx.to_flat_state(nnx.state(model)):
+        name = torchvision_name(tuple(prefix) + tuple(path))
+        if name not in state_dict:
+            missing.append(name)
+            continue
+        value = from_torchvision_layout(name, _to_numpy(state_dict[name]), roi_size)
+        used.add(name)
+        if value.shape != tuple(variable.shape):
+            misshaped.append(f"{name}: ours {tuple(variable.shape)}, given {value.shape}")
+            continue
+        updated.append((path, variable.replace(value=np.asarray(value, np.float32))))
+    unexpected = sorted(n for n in state_dict if n not in used
+                        and not n.endswith("num_batches_tracked"))
+    if missing or unexpected or misshaped:
+        raise ValueError("torchvision state dict does not fit the model:\n"
+                         f"  missing ({len(missing)}): {missing}\n"
+                         f"  unexpected ({len(unexpected)}): {unexpected}\n"
+                         f"  mis-shaped ({len(misshaped)}): {misshaped}")
+    nnx.update(model, nnx.from_flat_state(updated))

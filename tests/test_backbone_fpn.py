@@ -3,7 +3,6 @@ the same weights (copied through mrcnn_jax/weights.py names and layouts)."""
 
 import dataclasses
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -11,28 +10,12 @@ from flax import nnx
 from mrcnn_jax.backbone import ResNet
 from mrcnn_jax.config import BackboneConfig
 from mrcnn_jax.fpn import FPN, upsample_nearest
-from mrcnn_jax.weights import from_torchvision_layout, torchvision_name
+from mrcnn_jax.weights import load_torchvision_state
 
 
 def copy_torchvision_weights(model, prefix, state_dict, roi_size=7):
-    """Load ``state_dict`` ({full torchvision name: tensor}) into ``model`` in place.
-
-    ``prefix`` is ``model``'s attribute path inside :class:`MaskRCNN` (``("body",)``,
-    ``("fpn",)`` ...), so :func:`torchvision_name` gives full torchvision names. Every variable
-    of ``model`` must be found, and every torchvision tensor (but ``num_batches_tracked``) used.
-    """
-    flat = nnx.to_flat_state(nnx.state(model))
-    used, updated = set(), []
-    for path, variable in flat:
-        name = torchvision_name(tuple(prefix) + tuple(path))
-        assert name in state_dict, f"{path} -> {name} not in the torchvision state dict"
-        value = from_torchvision_layout(name, state_dict[name].detach().numpy(), roi_size)
-        assert value.shape == variable.shape, (name, value.shape, variable.shape)
-        updated.append((path, variable.replace(value=jax.numpy.asarray(value))))
-        used.add(name)
-    unused = {n for n in state_dict if not n.endswith("num_batches_tracked")} - used
-    assert not unused, f"torchvision tensors without a counterpart: {sorted(unused)}"
-    nnx.update(model, nnx.from_flat_state(updated))
+    """Load ``state_dict`` ({full torchvision name: tensor}) into ``model`` in place."""
+    load_torchvision_state(model, state_dict, prefix, roi_size)
 
 
 def prefixed(prefix, module):

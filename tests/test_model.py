@@ -3,6 +3,7 @@
 import json
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -66,3 +67,23 @@ def test_wrong_image_size_is_refused_with_a_clear_message():
     expected = r"images must be \(B, 128, 128, 3\).*got \(1, 96, 128, 3\)"
     with pytest.raises(ValueError, match=expected):
         model.features(jnp.zeros((1, 96, 128, 3), jnp.uint8))
+
+
+def test_load_torchvision_state_lists_every_problem_at_once():
+    from mrcnn_jax.weights import load_torchvision_state
+
+    model = MaskRCNN(small_config(), rngs=nnx.Rngs(0))
+    head = nnx.state(model.rpn_head)
+    state = {"rpn.head.conv.0.0.weight": np.zeros((64, 64, 3, 3), np.float32),
+             "rpn.head.conv.0.0.bias": np.zeros((64,), np.float32),
+             "rpn.head.cls_logits.weight": np.zeros((5, 64, 1, 1), np.float32),  # 3 expected
+             "rpn.head.extra.weight": np.zeros((1,), np.float32)}
+    with pytest.raises(ValueError) as error:
+        load_torchvision_state(model.rpn_head, state, prefix=("rpn_head",))
+    message = str(error.value)
+    assert "missing (3)" in message and "rpn.head.bbox_pred.weight" in message
+    assert "unexpected (1)" in message and "rpn.head.extra.weight" in message
+    assert "mis-shaped (1)" in message and "rpn.head.cls_logits.weight" in message
+    after = nnx.state(model.rpn_head)  # nothing half-loaded
+    for a, b in zip(jax.tree.leaves(head), jax.tree.leaves(after), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

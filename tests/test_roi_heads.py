@@ -17,7 +17,7 @@ from mrcnn_jax.roi_heads import (
     mask_targets,
     sample_rois,
 )
-from mrcnn_jax.weights import from_torchvision_layout, torchvision_name
+from mrcnn_jax.weights import load_torchvision_state
 
 CFG = dataclasses.replace(RoIHeadsConfig(), batch_size_per_image=16)  # at most 4 positives
 P, G = 24, 3
@@ -47,15 +47,8 @@ def np_encode(boxes, rois, weights=(10.0, 10.0, 5.0, 5.0)):
 
 
 def copy_torchvision_weights(model, prefix, state_dict, roi_size=7):
-    """``state_dict`` ({full torchvision name: tensor}) into ``model``; all names must pair."""
-    updated = []
-    for path, variable in nnx.to_flat_state(nnx.state(model)):
-        name = torchvision_name(tuple(prefix) + tuple(path))
-        value = from_torchvision_layout(name, state_dict[name].detach().numpy(), roi_size)
-        assert value.shape == variable.shape, (name, value.shape, variable.shape)
-        updated.append((path, variable.replace(value=jax.numpy.asarray(value))))
-    assert len(updated) == len(state_dict)
-    nnx.update(model, nnx.from_flat_state(updated))
+    """Load ``state_dict`` ({full torchvision name: tensor}) into ``model`` in place."""
+    load_torchvision_state(model, state_dict, prefix, roi_size)
 
 
 def _gt():

@@ -11,7 +11,7 @@ from flax import nnx
 from mrcnn_jax import generate_anchors
 from mrcnn_jax.config import RPNConfig
 from mrcnn_jax.rpn import RPNHead, rpn_losses, rpn_targets, select_proposals
-from mrcnn_jax.weights import from_torchvision_layout, torchvision_name
+from mrcnn_jax.weights import load_torchvision_state
 
 IMAGE = (64, 64)
 FEATURES = [(16, 16), (8, 8), (4, 4)]
@@ -207,12 +207,7 @@ def test_rpn_head_layout_matches_torchvision():
             p.normal_(0, 0.3)
     ours = RPNHead(c, a, rngs=nnx.Rngs(0))
     state = {"rpn.head." + k: v.numpy() for k, v in torch_head.state_dict().items()}
-    updated = []
-    for path, variable in nnx.to_flat_state(nnx.state(ours)):
-        name = torchvision_name(("rpn_head",) + path)
-        updated.append((path, variable.replace(value=from_torchvision_layout(name, state[name]))))
-    assert len(updated) == len(state)
-    nnx.update(ours, nnx.from_flat_state(updated))
+    load_torchvision_state(ours, state, prefix=("rpn_head",))
 
     rng = np.random.default_rng(0)
     feats = [rng.normal(size=(2, h, w + 1, c)).astype(np.float32) for h, w in FEATURES]
