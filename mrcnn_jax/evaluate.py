@@ -28,6 +28,12 @@ from mrcnn_jax.evaluation import STAT_NAMES, coco_evaluate, detections_to_coco, 
 from mrcnn_jax.inference import predict
 
 
+def full_batch_size(num_images, requested):
+    """The largest batch size <= ``requested`` dividing ``num_images``, so batches with
+    ``drop_remainder`` still cover every image (500 images, 8 asked -> 5)."""
+    return max(d for d in range(1, max(1, min(requested, num_images)) + 1) if num_images % d == 0)
+
+
 def ground_truth_to_coco(batch, class_names, image_ids):
     """COCO images and annotations of one batch (full-image masks, package xyxy boxes)."""
     images, annotations = [], []
@@ -105,7 +111,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     model, run = restore_model(args.workdir, args.step)
     source = shapes_source("validation", args.data_dir, **run["data"] | {"num_val": args.num_val})
-    loader = make_loader(source, args.batch_size, image_size=model.config.image_size[0],
+    batch_size = full_batch_size(len(source), args.batch_size)  # every image is evaluated
+    loader = make_loader(source, batch_size, image_size=model.config.image_size[0],
                          max_instances=run["max_instances"], train=False)
     results, gt, dets = evaluate_model(model, loader, class_names(source))
     print_table(results)

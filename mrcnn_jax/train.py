@@ -169,11 +169,12 @@ def save_prediction_picture(model, loader, names, path, count=8):
 
 
 def final_evaluation(model, args, run, names, workdir):
-    from mrcnn_jax.evaluate import evaluate_model, pycocotools_stats
+    from mrcnn_jax.evaluate import evaluate_model, full_batch_size, pycocotools_stats
     from mrcnn_jax.evaluation import print_table
 
     source = shapes_source("validation", args.data_dir, **run["data"])
-    loader = make_loader(source, args.batch_size, image_size=args.image_size,
+    batch_size = full_batch_size(len(source), args.batch_size)  # all held-out images count
+    loader = make_loader(source, batch_size, image_size=args.image_size,
                          max_instances=args.max_instances, train=False)
     results, gt, dets = evaluate_model(model, loader, names)
     print_table(results)

@@ -12,7 +12,7 @@ from flax import nnx
 from mrcnn_jax import train
 from mrcnn_jax.checkpoints import restore_model
 
-TINY = ["--num_train", "32", "--num_val", "8", "--image_size", "64", "--batch_size", "4",
+TINY = ["--num_train", "32", "--num_val", "10", "--image_size", "64", "--batch_size", "4",
         "--steps", "40", "--warmup", "5", "--lr", "0.02", "--eval_every", "20",
         "--checkpoint_every", "20", "--max_instances", "6"]
 
@@ -61,6 +61,7 @@ def test_outputs_are_written(runs):
                  "run.json"):
         assert (straight / name).stat().st_size > 0, name
     evaluation = json.loads((straight / "evaluation.json").read_text())
+    assert evaluation["num_images"] == 10  # all held-out images, though 10 % batch 4 != 0
     for iou_type in ("bbox", "segm"):
         for key, ours in evaluation["ours"][iou_type].items():
             assert abs(ours - evaluation["pycocotools"][iou_type][key]) < 1e-4, (iou_type, key)
