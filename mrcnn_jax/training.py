@@ -57,7 +57,9 @@ def make_optimizer(model, learning_rate=0.02, momentum=0.9, weight_decay=1e-4,
 
     Only ``nnx.Param`` variables are optimised; frozen weights are never touched.
     """
-    if total_steps is None:
+    if total_steps is None and warmup_steps <= 0:  # optax's linear schedule would stay at init
+        schedule = optax.constant_schedule(learning_rate)
+    elif total_steps is None:
         schedule = optax.linear_schedule(learning_rate * 0.001, learning_rate, warmup_steps)
     else:
         schedule = optax.warmup_cosine_decay_schedule(
