@@ -137,11 +137,12 @@ def plot_loss_curve(workdir):
     rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").open()]
     steps = np.array([r["step"] for r in rows])
     fig, (ax,) = subplots(1, size=5.0)
-    for i, term in enumerate(("loss", *LOSS_TERMS)):
+    ax.plot(steps, [r["loss"] for r in rows], color="black", label="loss", linewidth=1)
+    for i, term in enumerate(LOSS_TERMS):  # one palette colour per term, as the notebooks
         ax.plot(steps, [r[term] for r in rows], color=colour(i), label=term, linewidth=1)
     val = [(r["step"], r["val"]["loss"]) for r in rows if "val" in r]
     if val:
-        ax.plot(*zip(*val, strict=True), "o", color="black", label="validation loss")
+        ax.plot(*zip(*val, strict=True), "o", color="dimgrey", label="validation loss")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.legend(fontsize=7)
