@@ -29,7 +29,13 @@ from mrcnn_jax import checkpoints
 from mrcnn_jax.config import small_config
 from mrcnn_jax.data import class_names, make_loader, shapes_source
 from mrcnn_jax.model import MaskRCNN
-from mrcnn_jax.training import LOSS_TERMS, check_batch, eval_losses, make_optimizer, train_step
+from mrcnn_jax.training import (
+    LOSS_TERMS,
+    eval_losses,
+    make_optimizer,
+    to_device_batch,
+    train_step,
+)
 
 
 def parse_args(argv=None):
@@ -79,14 +85,10 @@ def validation_loss(model, args, data, batches=4):
                          max_instances=args.max_instances, train=False)
     totals = {}
     for i, batch in zip(range(batches), loader, strict=False):
-        terms = eval_losses(model, _device(batch), jax.random.key(i))
+        terms = eval_losses(model, to_device_batch(batch), jax.random.key(i))
         for k, v in terms.items():
             totals[k] = totals.get(k, 0.0) + float(v) / batches
     return totals
-
-
-def _device(batch):
-    return jax.tree.map(jnp.asarray, check_batch(batch))
 
 
 def train(args):
@@ -105,7 +107,7 @@ def train(args):
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, unit="step")
     step = start - 1
     for step in bar:
-        batch = _device(loader.dataset[step])  # batch i is a function of (seed, i): resumable
+        batch = to_device_batch(loader.dataset[step])  # a function of (seed, step): resumable
         t0 = time.perf_counter()
         metrics = {k: float(v) for k, v in train_step(
             model, optimizer, batch, jax.random.fold_in(base_key, step)).items()}
