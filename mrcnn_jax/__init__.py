@@ -14,6 +14,7 @@ from mrcnn_jax.paste_masks import paste_masks
 from mrcnn_jax.poolers import map_levels, multiscale_roi_align
 from mrcnn_jax.roi_align import roi_align
 from mrcnn_jax.training import eval_losses, make_optimizer, train_step
+from mrcnn_jax.weights import from_torchvision
 
 __all__ = [
     "MaskRCNN",
@@ -25,6 +26,7 @@ __all__ = [
     "coco_evaluate",
     "decode_boxes",
     "encode_boxes",
+    "from_torchvision",
     "eval_losses",
     "generate_anchors",
     "make_optimizer",

@@ -88,9 +88,14 @@ class MaskRCNNConfig:
         return dataclasses.replace(self, **changes)
 
 
-def resnet50_fpn_config(num_classes=91, image_size=(800, 1088)):
-    """torchvision ``maskrcnn_resnet50_fpn``: same layers, sizes and defaults."""
-    return MaskRCNNConfig(num_classes=num_classes, image_size=tuple(image_size))
+def resnet50_fpn_config(num_classes=91, image_size=(800, 1088), frozen_bn_eps=1e-5):
+    """torchvision ``maskrcnn_resnet50_fpn``: same layers, sizes and defaults.
+
+    ``frozen_bn_eps=0.0`` for torchvision's COCO_V1 weights (it calls ``overwrite_eps(model,
+    0.0)`` when it loads them); 1e-5 is ``FrozenBatchNorm2d``'s and ``BatchNorm2d``'s default.
+    """
+    return MaskRCNNConfig(num_classes=num_classes, image_size=tuple(image_size),
+                          backbone=BackboneConfig(frozen_bn_eps=frozen_bn_eps))
 
 
 def small_config(num_classes=4, image_size=(128, 128)):
