@@ -8,14 +8,17 @@ mrcnn_jax.import_torchvision``.
 
 The weights file is a torchvision state dict: a ``.pth`` (read with ``torch.load``, so torch
 must be installed for this one step) or an ``.npz`` of arrays keyed by torchvision's names
-(no torch needed). :func:`mrcnn_jax.weights.from_torchvision` infers the architecture; the work
-directory gets ``run.json`` (config and class names) and an Orbax checkpoint, so ``predict``,
-``evaluate`` and ``train --resume`` style loading (``checkpoints.restore_model``) work on it.
+(no torch needed; if it holds ``reference/config`` and ``reference/class_names``, as
+``data/torchvision_shapes_example.npz`` does, those are used).
+:func:`mrcnn_jax.weights.from_torchvision` infers the architecture; the work directory gets
+``run.json`` (config and class names) and an Orbax checkpoint, which ``predict``, ``evaluate``
+and ``checkpoints.restore_model`` load.
 
 Taught in notebooks/11_pretrained_weights.
 """
 
 import argparse
+import json
 import pathlib
 
 import numpy as np
@@ -91,6 +94,13 @@ def main(argv=None):
     config = resnet50_fpn_config(image_size=args.image_size,
                                  frozen_bn_eps=0.0 if args.coco_v1 else 1e-5)
     names = None
+    if args.weights.endswith(".npz"):  # an export that carries its config and class names
+        with np.load(args.weights) as data:
+            if "reference/config" in data.files:
+                config = checkpoints.config_from_dict(json.loads(str(data["reference/config"])))
+                print("config and class names from the file's reference/config")
+            if "reference/class_names" in data.files:
+                names = [str(n) for n in data["reference/class_names"]]
     if args.class_names:
         names = pathlib.Path(args.class_names).read_text().splitlines()
     model = import_weights(load_state_dict(args.weights), args.workdir, config, names)

@@ -1,5 +1,7 @@
 """mrcnn_jax/import_torchvision.py: torchvision weights -> a work directory that predict loads."""
 
+import pathlib
+
 import numpy as np
 import pytest
 import whole_model_case as case_lib
@@ -41,3 +43,11 @@ def test_missing_file_and_wrong_class_names_are_clear(tmp_path):
     with pytest.raises(ValueError, match="91 classes .* 2 class names given"):
         main([str(tmp_path / "r18.npz"), "--workdir", str(tmp_path / "run"),
               "--class_names", str(tmp_path / "names.txt")])
+
+
+def test_shipped_example_imports_with_its_own_config(tmp_path):
+    example = pathlib.Path(__file__).resolve().parent.parent / "data/torchvision_shapes_example.npz"
+    main([str(example), "--workdir", str(tmp_path / "run")])
+    model, run = restore_model(tmp_path / "run")
+    assert run["class_names"] == ["background", "square", "circle", "triangle"]
+    assert model.config.image_size == (128, 128) and model.config.backbone.group_norm_groups == 4
