@@ -5,7 +5,7 @@ The package map (one concept per module) is in README.md. Public names are re-ex
 
 from mrcnn_jax.anchors import generate_anchors
 from mrcnn_jax.boxes import box_area, box_iou, clip_boxes, decode_boxes, encode_boxes
-from mrcnn_jax.config import MaskRCNNConfig, resnet50_fpn_config, small_config
+from mrcnn_jax.config import MaskRCNNConfig, resnet50_fpn_config, shapes_config, small_config
 from mrcnn_jax.evaluation import coco_evaluate
 from mrcnn_jax.inference import predict
 from mrcnn_jax.model import MaskRCNN
@@ -37,6 +37,7 @@ __all__ = [
     "predict",
     "resnet50_fpn_config",
     "roi_align",
+    "shapes_config",
     "small_config",
     "train_step",
 ]

@@ -112,11 +112,11 @@ print("make_optimizer's learning rates == my_lr at every step; step 0, 5, 24:",
       rates[[0, 5, 24]].round(6))
 
 # %% [markdown]
-# The schedule of the run below, and of the README's main job (2000 steps, warm-up 200):
+# The schedule of the run below, and of the README's main job (2800 steps, warm-up 200):
 
 # %%
 fig, axes = plotting.subplots(ncols=2, size=4.0)
-for ax, (lr, warmup, total) in zip(axes, [(LR, WARMUP, STEPS), (0.02, 200, 2000)], strict=True):
+for ax, (lr, warmup, total) in zip(axes, [(LR, WARMUP, STEPS), (0.02, 200, 2800)], strict=True):
     steps = np.arange(total)
     ax.plot(steps, [my_lr(s, lr, warmup, total) for s in steps], color=plotting.colour(0))
     ax.axvline(warmup, color=plotting.colour(1), linestyle="--", linewidth=1)
@@ -266,10 +266,13 @@ print("parameters and optimizer state (momentum, step count) restored exactly")
 # step's metrics to `metrics.jsonl`, the validation loss every `--eval_every` steps and at the
 # end, checkpoints every `--checkpoint_every` steps and at the end, then `loss_curve.png` and
 # (unless `--no_final_eval`) COCO AP on the held-out split (notebook 10). `main(argv)` takes the
-# same arguments as a list. A tiny setting: 32 images of 64x64, 20 steps.
+# same arguments as a list. Its default model is `shapes_config()`, `small_config()` tuned for
+# the main job's time budget (two anchor scales per level, a narrower mask head, fewer sampled
+# RoIs); `--preset small` trains the model of section 2. A tiny setting: 32 images of 64x64,
+# 20 steps.
 
 # %%
-TINY = ["--num_train", "32", "--num_val", "8", "--image_size", "64", "--batch_size", "4",
+TINY = ["--preset", "small", "--num_train", "32", "--num_val", "8", "--image_size", "64", "--batch_size", "4",
         "--steps", "20", "--warmup", "5", "--lr", "0.02", "--eval_every", "10",
         "--checkpoint_every", "10", "--max_instances", "6"]
 straight = WORK / "straight"

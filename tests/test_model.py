@@ -87,3 +87,26 @@ def test_load_torchvision_state_lists_every_problem_at_once():
     after = nnx.state(model.rpn_head)  # nothing half-loaded
     for a, b in zip(jax.tree.leaves(head), jax.tree.leaves(after), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_shapes_preset_anchors_cover_most_shapes_by_the_iou_rule():
+    """shapes_config's two anchor scales give most shapes an anchor at IoU >= 0.7 (a regular
+    RPN positive); small_config's one scale leaves most to the low-quality rule."""
+    from mrcnn_jax.anchors import generate_anchors
+    from mrcnn_jax.boxes import box_iou
+    from mrcnn_jax.config import shapes_config
+    from mrcnn_jax.data.shapes import draw_shapes
+
+    rng = np.random.default_rng(0)
+    boxes = np.concatenate([draw_shapes(rng)["boxes"] for _ in range(100)])  # (G, 4)
+    sizes = [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
+    covered = {}
+    for name, config in (("small", small_config()), ("shapes", shapes_config())):
+        anchors = generate_anchors(config.image_size, sizes, config.rpn.anchor_sizes,
+                                   config.rpn.aspect_ratios)
+        best = np.asarray(box_iou(jnp.asarray(boxes), jnp.asarray(anchors))).max(axis=1)
+        covered[name] = float((best >= 0.7).mean())
+    assert len(boxes) > 250
+    assert covered["small"] < 0.45 and covered["shapes"] > 0.85, covered
+    model = nnx.eval_shape(lambda: MaskRCNN(shapes_config(), rngs=nnx.Rngs(0)))
+    assert model.rpn_head.cls_logits.kernel.shape == (1, 1, 64, 6)  # 2 scales x 3 ratios
