@@ -5,8 +5,8 @@
     python benchmarks/bench_train_shapes.py --minutes 0.5 --num_eval 16        # smoke test
     python benchmarks/bench_train_shapes.py --minutes 15 --export outputs/tv_shapes.npz
 
-Ours: ``mrcnn_jax.train`` (the small preset, SGD + momentum, warm-up and cosine over
-``--steps``) in ``<workdir>/ours``, or, with ``--ours_workdir``, an already trained work
+Ours: ``mrcnn_jax.train`` (its default ``shapes_config`` preset, SGD + momentum, warm-up and
+cosine over ``--steps``) in ``<workdir>/ours``, or, with ``--ours_workdir``, an already trained work
 directory (the README's main job, ``outputs/shapes``): its ``metrics.jsonl`` gives steps and
 images/s, its ``evaluation.json`` the AP when it covers ``--num_eval`` images (else its latest
 checkpoint is evaluated here). torchvision: ``MaskRCNN`` on the same narrow ResNet-18 body, FPN,
@@ -42,7 +42,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_train_step import torchvision_small_maskrcnn  # noqa: E402
 
-from mrcnn_jax.config import small_config  # noqa: E402
+from mrcnn_jax.checkpoints import config_from_dict, read_run  # noqa: E402
+from mrcnn_jax.config import shapes_config  # noqa: E402
 from mrcnn_jax.data import class_names, make_loader, shapes_source  # noqa: E402
 from mrcnn_jax.evaluate import evaluate_model, full_batch_size, ground_truth_to_coco  # noqa: E402
 from mrcnn_jax.evaluation import coco_evaluate, detections_to_coco  # noqa: E402
@@ -312,7 +313,8 @@ def print_rows(rows, num_eval):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=15.0, help="training budget of each model")
-    p.add_argument("--steps", type=int, default=2000, help="planned steps (the schedule's span)")
+    p.add_argument("--steps", type=int, default=2800,
+                   help="planned steps (the schedule's span), as mrcnn_jax.train")
     p.add_argument("--lr", type=float, default=0.02, help="peak learning rate")
     p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
     p.add_argument("--num_eval", type=int, default=500, help="held-out images scored")
@@ -334,7 +336,9 @@ def main(argv=None):
     torch = require_torch(args.torch_threads)  # fail before training ours
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
-    config = small_config(image_size=(DATA["image_size"],) * 2)
+    config = shapes_config(image_size=(DATA["image_size"],) * 2)  # as mrcnn_jax.train's default
+    if args.ours_workdir:  # the same sizes as the run we compare with
+        config = config_from_dict(read_run(args.ours_workdir)["config"])
     loader, names = eval_loader(args.num_eval, args.data_dir)
     rows = [] if args.skip_ours else [run_ours(args, loader, names)]
     rows.append(run_torchvision(args, loader, names, config))
