@@ -231,3 +231,19 @@ def test_anchor_count_mismatch_is_refused():
         small_config().rpn, anchor_sizes=((16, 24),) * 5))
     with pytest.raises(ValueError, match="RPN head predicts 3 anchors per location"):
         from_torchvision(state, config)
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101])
+def test_imports_every_resnet_fpn_backbone_live(depth):
+    pytest.importorskip("torchvision")
+    from torchvision.models.detection import MaskRCNN as TorchMaskRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    torch_model = TorchMaskRCNN(resnet_fpn_backbone(backbone_name=f"resnet{depth}", weights=None),
+                                num_classes=5)
+    state = torch_model.state_dict()
+    model = from_torchvision(state)
+    assert (model.config.backbone.depth, model.config.num_classes) == (depth, 5)
+    kernel = np.asarray(model.body.layer3[-1].conv1.kernel.get_value())
+    name = f"backbone.body.layer3.{len(model.body.layer3) - 1}.conv1.weight"
+    np.testing.assert_array_equal(kernel, state[name].numpy().transpose(2, 3, 1, 0))
