@@ -13,10 +13,15 @@ Every variable of :class:`MaskRCNN` has one torchvision name (``backbone.body.la
 Shape shorthand: ``F`` FPN channels, ``r`` RoI size.
 """
 
+import dataclasses
 import re
 
 import numpy as np
 from flax import nnx
+
+from mrcnn_jax.anchors import num_anchors_per_location
+from mrcnn_jax.config import resnet50_fpn_config
+from mrcnn_jax.model import MaskRCNN
 
 _RENAMES = (
     (r"^body\.", "backbone.body."),
@@ -209,11 +214,6 @@ def config_for(state_dict, config=None):
     """``config`` (default: torchvision's ``maskrcnn_resnet50_fpn`` settings) with the layer
     sizes the state dict implies: class count, FPN channels, ResNet depth, widths and norm, head
     sizes are replaced by the weights'; thresholds, anchors, sizes and the image size are kept."""
-    import dataclasses
-
-    from mrcnn_jax.anchors import num_anchors_per_location
-    from mrcnn_jax.config import resnet50_fpn_config
-
     arch = infer_architecture(state_dict)
     config = resnet50_fpn_config() if config is None else config
     config = config.replace(
@@ -247,8 +247,6 @@ def from_torchvision(state_dict, config=None):
     Raises:
       ValueError listing every missing, unexpected and mis-shaped tensor at once.
     """
-    from mrcnn_jax.model import MaskRCNN
-
     config = config_for(state_dict, config)
     model = nnx.eval_shape(lambda: MaskRCNN(config, rngs=nnx.Rngs(0)))
     load_torchvision_state(model, state_dict, roi_size=config.roi_heads.box_roi_size)
