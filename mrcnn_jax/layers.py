@@ -39,6 +39,18 @@ def kaiming_uniform_a1(key, shape):
     return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
 
 
+def kaiming_uniform_sqrt5(key, shape):
+    """PyTorch's default ``nn.Conv2d`` init: ``kaiming_uniform_(a=sqrt(5))``, bound
+    ``1 / sqrt(fan_in)``; variance ``1 / (3 fan_in)``, a sixth of He fan-out's for a square 3x3."""
+    fan_in = shape[0] * shape[1] * shape[2]
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+CONV_INITS = {"kaiming_normal_fan_out": kaiming_normal_fan_out,
+              "kaiming_uniform_sqrt5": kaiming_uniform_sqrt5}
+
+
 class Conv2d(nnx.Module):
     """2-D convolution, NHWC, symmetric padding like ``torch.nn.Conv2d``."""
 

@@ -3,6 +3,7 @@ the same weights (copied through mrcnn_jax/weights.py names and layouts)."""
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -10,6 +11,7 @@ from flax import nnx
 from mrcnn_jax.backbone import ResNet
 from mrcnn_jax.config import BackboneConfig
 from mrcnn_jax.fpn import FPN, upsample_nearest
+from mrcnn_jax.layers import max_pool
 from mrcnn_jax.weights import load_torchvision_state
 
 
@@ -102,6 +104,44 @@ def test_frozen_layers_freeze_their_group_norm_too():
     # torchvision's trainable_layers freezes every parameter of conv1/bn1/layer1, norms included
     trainable = _trainable_kinds(_abstract_resnet(norm="group_norm"))
     assert not any(name in ("bn1", "layer1") for name, _ in trainable)
+
+
+def _group_norm_resnet(**changes):
+    cfg = BackboneConfig(depth=18, stem_width=16, widths=(16, 32, 64, 128), norm="group_norm",
+                         group_norm_groups=4, trainable_layers=5, **changes)
+    return ResNet(cfg, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("conv_init", ["kaiming_normal_fan_out", "kaiming_uniform_sqrt5"])
+def test_conv_init_spread(conv_init):
+    # layer3's 3x3 convs are 64 -> 64: fan_in = fan_out = 576, so the two inits' variances are
+    # 2 / 576 (He, normal) and 1 / (3 * 576) (uniform, bound 1 / sqrt(576) = 1 / 24)
+    kernel = np.asarray(_group_norm_resnet(conv_init=conv_init).layer3[1].conv1.kernel[...])
+    expected_var = {"kaiming_normal_fan_out": 2 / 576, "kaiming_uniform_sqrt5": 1 / (3 * 576)}
+    assert kernel.shape == (3, 3, 64, 64)
+    np.testing.assert_allclose(kernel.var(), expected_var[conv_init], rtol=0.05)
+    if conv_init == "kaiming_uniform_sqrt5":
+        assert np.abs(kernel).max() <= 1 / 24 and np.abs(kernel).max() > 0.99 / 24
+
+
+def test_zero_init_residual_switch():
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    on, off = _group_norm_resnet(), _group_norm_resnet(zero_init_residual=False)
+    for model, scale in [(on, 0.0), (off, 1.0)]:
+        for layer in (model.layer1, model.layer4):
+            for block in layer:
+                np.testing.assert_array_equal(block.bn2.scale[...], scale)
+                np.testing.assert_array_equal(block.bn1.scale[...], 1.0)
+    # with zero-init, layer1's blocks (no downsample) are identities on relu(stem output)
+    stem = jax.nn.relu(on.bn1(on.conv1(x)))
+    pooled = max_pool(stem, 3, 2, 1)
+    np.testing.assert_allclose(on.layer1[1](on.layer1[0](pooled)), pooled, atol=1e-6)
+    assert np.abs(np.asarray(off.layer1[0](pooled)) - np.asarray(pooled)).max() > 0.1
+
+
+def test_unknown_conv_init_is_an_error():
+    with pytest.raises(ValueError, match="conv_init must be one of .*got 'he'"):
+        _group_norm_resnet(conv_init="he")
 
 
 @pytest.mark.parametrize("size", [64, 80])  # 80: P5 2.5 -> odd sizes, P6 ceil
