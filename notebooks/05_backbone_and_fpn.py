@@ -166,7 +166,9 @@ def block_weights(block):
 # %% [markdown]
 # First a block that keeps the shape (stride 1, 16 -> 16 channels). With GroupNorm the package
 # starts the **last norm of every block at scale 0** (Goyal et al. 2017), so the residual branch
-# is zero and a fresh block is `relu(x)`: a deep network starts close to a shallow one.
+# is zero and a fresh block is `relu(x)`: a deep network starts close to a shallow one. It is a
+# switch, `BackboneConfig.zero_init_residual`: the main job's `shapes_config` turns it off and
+# starts the convolutions smaller (PyTorch's default init), which trained faster on the shapes.
 
 # %%
 rngs = nnx.Rngs(0)

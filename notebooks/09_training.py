@@ -267,8 +267,9 @@ print("parameters and optimizer state (momentum, step count) restored exactly")
 # end, checkpoints every `--checkpoint_every` steps and at the end, then `loss_curve.png` and
 # (unless `--no_final_eval`) COCO AP on the held-out split (notebook 10). `main(argv)` takes the
 # same arguments as a list. Its default model is `shapes_config()`, `small_config()` tuned for
-# the main job's time budget (two anchor scales per level, a narrower mask head, fewer sampled
-# RoIs); `--preset small` trains the model of section 2. A tiny setting: 32 images of 64x64,
+# the main job's time budget (PyTorch's default init for the backbone convolutions and no
+# zero-init residual, two anchor scales per level, a narrower mask head, fewer sampled RoIs);
+# `--preset small` trains the model of section 2. A tiny setting: 32 images of 64x64,
 # 20 steps.
 
 # %%
