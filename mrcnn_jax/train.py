@@ -7,10 +7,9 @@
 Prepares the shapes data if needed, trains the ``shapes_config`` preset from scratch with
 SGD + momentum, linear warm-up and cosine decay, shows a progress bar with the loss terms and
 images/s, writes ``metrics.jsonl`` and ``loss_curve.png`` in the work directory, checkpoints
-with Orbax (atomic;
-``--resume`` continues the same run: batch ``i`` and the key of step ``i`` depend only on the
-seed and ``i``), evaluates the validation loss periodically and, at the end, COCO box and mask
-AP on the held-out split, and saves a picture of predictions.
+with Orbax (atomic; ``--resume`` continues the same run: batch ``i`` and the key of step ``i``
+depend only on the seed and ``i``), evaluates the validation loss periodically and, at the
+end, COCO box and mask AP on the held-out split, and saves a picture of predictions.
 
 Taught in notebooks/09_training.
 """
@@ -51,7 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--preset", choices=sorted(PRESETS), default="shapes",
                    help="model preset: shapes_config (tuned for this job) or small_config")
     p.add_argument("--steps", type=int, default=2800,
-                   help="total optimisation steps (2800 take ~14 min on a quiet 2-core CPU)")
+                   help="total optimisation steps (2800 took 15-18 min on the 2-core CPU)")
     p.add_argument("--minutes", type=float, default=None,
                    help="stop training after this wall-clock budget (schedule still spans --steps)")
     p.add_argument("--batch_size", type=int, default=8)

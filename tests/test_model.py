@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mrcnn_jax.config import BackboneConfig, resnet50_fpn_config, small_config
+from mrcnn_jax.anchors import generate_anchors
+from mrcnn_jax.boxes import box_iou
+from mrcnn_jax.config import BackboneConfig, resnet50_fpn_config, shapes_config, small_config
+from mrcnn_jax.data.shapes import draw_shapes
 from mrcnn_jax.layers import Frozen
 from mrcnn_jax.model import MaskRCNN
 from mrcnn_jax.weights import torchvision_shapes
@@ -92,11 +95,6 @@ def test_load_torchvision_state_lists_every_problem_at_once():
 def test_shapes_preset_anchors_cover_most_shapes_by_the_iou_rule():
     """shapes_config's two anchor scales give most shapes an anchor at IoU >= 0.7 (a regular
     RPN positive); small_config's one scale leaves most to the low-quality rule."""
-    from mrcnn_jax.anchors import generate_anchors
-    from mrcnn_jax.boxes import box_iou
-    from mrcnn_jax.config import shapes_config
-    from mrcnn_jax.data.shapes import draw_shapes
-
     rng = np.random.default_rng(0)
     boxes = np.concatenate([draw_shapes(rng)["boxes"] for _ in range(100)])  # (G, 4)
     sizes = [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
