@@ -47,8 +47,11 @@ from mrcnn_jax.config import shapes_config  # noqa: E402
 from mrcnn_jax.data import class_names, make_loader, shapes_source  # noqa: E402
 from mrcnn_jax.evaluate import evaluate_model, full_batch_size, ground_truth_to_coco  # noqa: E402
 from mrcnn_jax.evaluation import coco_evaluate, detections_to_coco  # noqa: E402
+from mrcnn_jax.train import parse_args as train_defaults  # noqa: E402
 
-DATA = {"num_train": 2000, "num_val": 500, "image_size": 128, "seed": 0}  # the main job's data
+_MAIN_JOB = train_defaults([])
+DATA = {"num_train": _MAIN_JOB.num_train, "num_val": _MAIN_JOB.num_val,
+        "image_size": _MAIN_JOB.image_size, "seed": 0}  # the main job's data
 BATCH, MAX_INSTANCES = 8, 8  # as mrcnn_jax.train's defaults
 TORCH_HINT = "needs torch: pip install torch==2.14.1 torchvision==0.29.1"
 TV_LOSSES = {"loss_objectness": "obj", "loss_rpn_box_reg": "rpn_box",

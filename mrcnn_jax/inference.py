@@ -46,7 +46,8 @@ def predict(model, images):
     Taught in notebooks/10_inference_and_evaluation.
     """
     out = predict_raw(model, images)
-    paste = lambda m, bx: paste_masks(m, bx, model.config.image_size)
+    rule = model.config.roi_heads.paste_rule
+    paste = lambda m, bx: paste_masks(m, bx, model.config.image_size, rule)
     masks = jax.vmap(paste)(out.pop("mask_probs"), out["boxes"])  # (B, D, H, W)
     out["masks"] = masks * out["valid"][:, :, None, None]
     return out

@@ -47,13 +47,36 @@ def _resize_matrix(start, end, in_size, out_size):
     return jnp.where(inside[..., None], weight, 0.0)
 
 
-def paste_masks(masks, boxes, image_size):
-    """Paste ``(D, M, M)`` mask probabilities into ``(D, H, W)`` images (torchvision rule).
+def _exact_resize_matrix(start, end, in_size, out_size):
+    """``(D, out_size, in_size)`` bilinear weights spreading ``in_size`` cells over the float
+    interval ``[start, end]``: pixel ``p`` (centre ``p + 0.5``) reads mask coordinate
+    ``(p + 0.5 - start) / (end - start) * in_size - 0.5`` between its two neighbours, a
+    neighbour outside the mask counting as 0 (``grid_sample``, zero padding, half-pixel
+    centres). No rounding of the box, so a 12-pixel box is not off by up to a pixel."""
+    length = jnp.maximum(end - start, 1e-6)  # (D,) an empty box reads far outside: all 0
+    centres = jnp.arange(out_size, dtype=jnp.float32) + 0.5  # (P,)
+    src = (centres[None, :] - start[:, None]) / length[:, None] * in_size - 0.5  # (D, P)
+    low = jnp.floor(src)
+    frac = src - low
+    cells = jnp.arange(in_size, dtype=jnp.float32)  # (in,) a cell outside matches nothing
+    return (1.0 - frac)[..., None] * (cells == low[..., None]) + frac[..., None] * (
+        cells == low[..., None] + 1.0)  # (D, P, in)
+
+
+PASTE_RULES = ("torchvision", "exact")
+
+
+def paste_masks(masks, boxes, image_size, rule="torchvision"):
+    """Paste ``(D, M, M)`` mask probabilities into ``(D, H, W)`` images.
 
     Args:
       masks: ``(D, M, M)`` probabilities of each detection's class.
       boxes: ``(D, 4)`` xyxy detection boxes in image pixels.
       image_size: ``(H, W)`` static output size.
+      rule: ``"torchvision"`` (the module docstring's rule: grown box truncated to integers,
+        imported weights give torchvision's masks) or ``"exact"`` (detectron2's
+        ``paste_masks_in_image``: the ``M x M`` cells cover the float box exactly, bilinear,
+        0 beyond the outer cell centres; better for boxes a few pixels wide).
     Returns:
       ``(D, H, W)`` float32 probabilities, 0 outside each (grown) box.
 
@@ -65,8 +88,16 @@ def paste_masks(masks, boxes, image_size):
         raise ValueError(f"masks must have shape (D, M, M); got {masks.shape} ({masks.dtype})")
     if boxes.shape != (masks.shape[0], 4):
         raise ValueError(f"boxes must have shape (D, 4) = ({masks.shape[0]}, 4); got {boxes.shape}")
+    if rule not in PASTE_RULES:
+        raise ValueError(f"rule must be one of {PASTE_RULES}; got {rule!r}")
     height, width = (int(v) for v in image_size)
     m = masks.shape[1]
+    highest = jax.lax.Precision.HIGHEST  # no TF32/bf16 shortcuts on GPU/TPU
+    if rule == "exact":
+        rows = _exact_resize_matrix(boxes[:, 1], boxes[:, 3], m, height)  # (D, H, M)
+        cols = _exact_resize_matrix(boxes[:, 0], boxes[:, 2], m, width)  # (D, W, M)
+        pasted = jnp.einsum("dhi,dij->dhj", rows, masks, precision=highest)  # (D, H, M)
+        return jnp.einsum("dhj,dwj->dhw", pasted, cols, precision=highest)  # (D, H, W)
     padded = jnp.pad(masks, ((0, 0), (1, 1), (1, 1)))  # (D, M+2, M+2)
     scale = (m + 2.0) / m  # grow the box so the zero border lands just outside it
     half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
@@ -77,6 +108,5 @@ def paste_masks(masks, boxes, image_size):
     grown = jnp.trunc(grown).astype(jnp.int32)  # (D, 4), as torchvision's .to(int64)
     rows = _resize_matrix(grown[:, 1], grown[:, 3], m + 2, height)  # (D, H, M+2)
     cols = _resize_matrix(grown[:, 0], grown[:, 2], m + 2, width)  # (D, W, M+2)
-    highest = jax.lax.Precision.HIGHEST  # no TF32/bf16 shortcuts on GPU/TPU
     pasted = jnp.einsum("dhi,dij->dhj", rows, padded, precision=highest)  # (D, H, M+2)
     return jnp.einsum("dhj,dwj->dhw", pasted, cols, precision=highest)  # (D, H, W)

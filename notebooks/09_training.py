@@ -268,7 +268,9 @@ print("parameters and optimizer state (momentum, step count) restored exactly")
 # (unless `--no_final_eval`) COCO AP on the held-out split (notebook 10). `main(argv)` takes the
 # same arguments as a list. Its default model is `shapes_config()`, `small_config()` tuned for
 # the main job's time budget (PyTorch's default init for the backbone convolutions and no
-# zero-init residual, two anchor scales per level, a narrower mask head, fewer sampled RoIs);
+# zero-init residual, two anchor scales per level, a narrower mask head, fewer sampled RoIs
+# with more of them positive, binary mask targets, test-time settings for overlapping
+# shapes; its docstring gives each one's measured effect);
 # `--preset small` trains the model of section 2. A tiny setting: 32 images of 64x64,
 # 20 steps.
 

@@ -1,5 +1,5 @@
 """mrcnn_jax/paste_masks.py: pasting M x M masks into the image equals torchvision's
-paste_masks_in_image."""
+paste_masks_in_image (rule "torchvision") and detectron2's grid_sample paste (rule "exact")."""
 
 import pathlib
 
@@ -18,7 +18,7 @@ PROPERTY = settings(max_examples=50, deadline=None)
 F32 = np.float32
 IMAGE = (24, 28)
 
-paste_jit = jax.jit(paste_masks, static_argnames="image_size")
+paste_jit = jax.jit(paste_masks, static_argnames=("image_size", "rule"))
 
 
 # (a) hand-computed cases
@@ -34,6 +34,54 @@ def test_one_cell_mask_by_hand():
     expected = 0.8 * profile[:, None] * np.append(profile, 0)[None, :]
     assert pasted.shape == (1, 8, 9) and pasted.dtype == np.float32
     np.testing.assert_allclose(pasted[0], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_exact_rule_by_hand():
+    # M = 2, all ones, box [2, 2, 6, 6]: pixel p (centre p + 0.5) reads mask coordinate
+    # (p + 0.5 - 2) / 4 * 2 - 0.5 = (p - 2.5) / 2, bilinear, cells -1 and 2 counting as 0:
+    # p = 0..7 -> -1.25, -0.75, -0.25, 0.25, 0.75, 1.25, 1.75, 2.25
+    #          -> 0,     0.25,  0.75,  1,    1,    0.75, 0.25, 0.
+    profile = np.float32([0, 0.25, 0.75, 1, 1, 0.75, 0.25, 0])
+    pasted = np.asarray(paste_jit(np.ones((1, 2, 2), F32), np.float32([[2, 2, 6, 6]]), (8, 8),
+                                  rule="exact"))
+    np.testing.assert_allclose(pasted[0], np.outer(profile, profile), atol=1e-6)
+    # a half-pixel move of the box moves the paste by half a pixel: no rounding to integers
+    moved = np.asarray(paste_jit(np.ones((1, 2, 2), F32), np.float32([[2.5, 2, 6.5, 6]]), (8, 8),
+                                 rule="exact"))
+    np.testing.assert_allclose(moved[0, 4], [0, 0, 0.5, 1, 1, 1, 0.5, 0], atol=1e-6)
+
+
+def _exact_reference(masks, boxes, image_size):
+    """Per pixel, with Python loops: bilinear read at the pixel centre's place in the mask,
+    cells outside the mask counting as 0 (detectron2's grid_sample paste)."""
+    d, m, _ = masks.shape
+    out = np.zeros((d, *image_size), np.float64)
+    for k in range(d):
+        x0, y0, x1, y1 = (float(v) for v in boxes[k])
+        for y in range(image_size[0]):
+            v = (y + 0.5 - y0) / max(y1 - y0, 1e-6) * m - 0.5
+            for x in range(image_size[1]):
+                u = (x + 0.5 - x0) / max(x1 - x0, 1e-6) * m - 0.5
+                total = 0.0
+                fy = v - np.floor(v)
+                for cy, wy in ((np.floor(v), 1 - fy), (np.floor(v) + 1, fy)):
+                    for cx, wx in ((np.floor(u), 1 - (u - np.floor(u))),
+                                   (np.floor(u) + 1, u - np.floor(u))):
+                        if 0 <= cy < m and 0 <= cx < m:
+                            total += wy * wx * masks[k, int(cy), int(cx)]
+                out[k, y, x] = total
+    return out
+
+
+def test_exact_rule_matches_a_per_pixel_reference():
+    rng = np.random.default_rng(5)
+    masks = rng.uniform(size=(D, 5, 5)).astype(F32)
+    xy = rng.uniform(-6, 20, (D, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(0.3, 15, (D, 2))], 1).astype(F32)
+    boxes[0] = [4, 4, 4, 4]  # empty: nothing
+    pasted = np.asarray(paste_jit(masks, boxes, IMAGE, rule="exact"))
+    np.testing.assert_allclose(pasted, _exact_reference(masks, boxes, IMAGE), atol=1e-5)
+    assert not pasted[0].any() and pasted[1:].any()
 
 
 def test_inverted_box_pastes_nothing_and_point_box_one_pixel():
@@ -118,6 +166,24 @@ def test_matches_torchvision_live():
     np.testing.assert_allclose(np.asarray(pasted), expected.numpy()[:, 0], atol=1e-3)
 
 
+def test_exact_rule_matches_grid_sample_live():
+    # detectron2's paste: sampling grid at pixel centres normalised to the float box,
+    # grid_sample(align_corners=False, zero padding)
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(43)
+    masks = rng.uniform(size=(12, 28, 28)).astype(F32)
+    xy = rng.uniform(-10, 45, (12, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(0.5, 40, (12, 2))], 1).astype(F32)
+    b = torch.tensor(boxes)
+    gy = (torch.arange(50, dtype=torch.float32) + 0.5 - b[:, 1:2]) / (b[:, 3:4] - b[:, 1:2]) * 2 - 1
+    gx = (torch.arange(64, dtype=torch.float32) + 0.5 - b[:, 0:1]) / (b[:, 2:3] - b[:, 0:1]) * 2 - 1
+    grid = torch.stack([gx[:, None, :].expand(-1, 50, -1), gy[:, :, None].expand(-1, -1, 64)], 3)
+    expected = torch.nn.functional.grid_sample(torch.tensor(masks[:, None]), grid,
+                                               align_corners=False)[:, 0]
+    pasted = paste_jit(masks, boxes, image_size=(50, 64), rule="exact")
+    np.testing.assert_allclose(np.asarray(pasted), expected.numpy(), atol=1e-5)
+
+
 # (e) jit
 
 
@@ -132,6 +198,12 @@ def test_jit_gives_the_same_results():
 
 
 # (g) clear errors
+
+
+def test_rejects_unknown_rule():
+    expected = r"rule must be one of \('torchvision', 'exact'\); got 'nearest'"
+    with pytest.raises(ValueError, match=expected):
+        paste_masks(np.zeros((1, 2, 2), F32), np.zeros((1, 4), F32), IMAGE, rule="nearest")
 
 
 def test_rejects_wrong_shapes():

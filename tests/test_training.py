@@ -1,5 +1,6 @@
 """The jitted train step and predict on a tiny model: overfitting, empty images, no retrace."""
 
+import dataclasses
 import logging
 
 import jax
@@ -9,8 +10,9 @@ import pytest
 from flax import nnx
 
 from mrcnn_jax.config import small_config
-from mrcnn_jax.inference import predict
+from mrcnn_jax.inference import predict, predict_raw
 from mrcnn_jax.model import MaskRCNN
+from mrcnn_jax.paste_masks import paste_masks
 from mrcnn_jax.training import LOSS_TERMS, eval_losses, loss_fn, make_optimizer, train_step
 
 SIZE = 64
@@ -102,6 +104,23 @@ def test_predict_finds_the_objects_and_respects_valid(trained):
     assert iou.shape[1] >= 2 and (iou.max(axis=1) > 0.7).all()
     best = iou.argmax(axis=1)
     assert (out["labels"][0][top][best] == np.asarray(batch["labels"][0][:2])).all()
+
+
+@pytest.mark.parametrize("rule", ["torchvision", "exact"])
+def test_predict_pastes_masks_by_the_configured_rule(trained, rule):
+    model, batch, *_ = trained
+    original = model.config
+    model.config = original.replace(roi_heads=dataclasses.replace(original.roi_heads,
+                                                                  paste_rule=rule))
+    try:
+        raw = jax.tree.map(np.asarray, predict_raw(model, batch["images"]))
+        out = jax.tree.map(np.asarray, predict(model, batch["images"]))
+    finally:
+        model.config = original
+    expected = np.asarray(paste_masks(raw["mask_probs"][0], raw["boxes"][0], (SIZE, SIZE), rule))
+    np.testing.assert_allclose(out["masks"][0], expected * raw["valid"][0][:, None, None],
+                               atol=1e-5)
+    assert (out["masks"][0][raw["valid"][0]] > 0.5).any()
 
 
 def test_train_step_and_predict_do_not_retrace_on_a_new_batch(trained, caplog):
