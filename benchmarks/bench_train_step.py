@@ -96,6 +96,7 @@ def torchvision_small_maskrcnn(config):
         rpn_pre_nms_top_n_train=rpn.pre_nms_top_n_train,
         rpn_post_nms_top_n_train=rpn.post_nms_top_n_train,
         box_batch_size_per_image=heads.batch_size_per_image,
+        box_positive_fraction=heads.positive_fraction,
         box_head=TwoMLPHead(f * heads.box_roi_size**2, heads.representation_size),
         box_predictor=FastRCNNPredictor(heads.representation_size, config.num_classes),
         mask_head=MaskRCNNHeads(f, list(heads.mask_layers), 1),

@@ -63,7 +63,7 @@ print(f"FAST={FAST}; model from {'the main job in ' + str(MAIN_JOB) if USE_MAIN_
 # ## 1. A model
 #
 # With the README's main job done (`python -m mrcnn_jax.train --minutes 17 --workdir
-# outputs/shapes`: mask AP about 0.76), we load its latest checkpoint with
+# outputs/shapes`: mask AP about 0.77), we load its latest checkpoint with
 # `checkpoints.restore_model`. Otherwise, and always in the fast setting, we train the small
 # model here with notebook 09's loop. **That model is weak**: in the fast setting (50 steps at
 # 64x64) it finds some shapes and misses or mislabels many, with a mask AP of a few percent; the
@@ -436,8 +436,8 @@ print(f"mask AP: ours {my_ap:.6f}, coco_evaluate {full['AP']:.6f}, pycocotools {
 print_table(results)
 
 # %% [markdown]
-# For scale: the README's main job (2800 steps of 8 images at 128x128) reaches mask AP 0.764,
-# AP50 0.936 and box AP 0.841 on 500 held-out images.
+# For scale: the README's main job (2800 steps of 8 images at 128x128) reaches mask AP 0.770,
+# AP50 0.948 and box AP 0.858 on 500 held-out images.
 #
 # The precision/recall curve of the category with the most detections, at IoU 0.5: the raw
 # precision zig-zags down (each false positive lowers it), the envelope is its running maximum
