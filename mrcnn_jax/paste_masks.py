@@ -76,7 +76,7 @@ def paste_masks(masks, boxes, image_size, rule="torchvision"):
       rule: ``"torchvision"`` (the module docstring's rule: grown box truncated to integers,
         imported weights give torchvision's masks) or ``"exact"`` (detectron2's
         ``paste_masks_in_image``: the ``M x M`` cells cover the float box exactly, bilinear,
-        0 beyond the outer cell centres; better for boxes a few pixels wide).
+        fading to 0 half a cell outside the box; better for boxes a few pixels wide).
     Returns:
       ``(D, H, W)`` float32 probabilities, 0 outside each (grown) box.
 
