@@ -52,7 +52,7 @@ from mrcnn_jax.train import parse_args as train_defaults  # noqa: E402
 _MAIN_JOB = train_defaults([])
 DATA = {"num_train": _MAIN_JOB.num_train, "num_val": _MAIN_JOB.num_val,
         "image_size": _MAIN_JOB.image_size, "seed": 0}  # the main job's data
-BATCH, MAX_INSTANCES = 8, 8  # as mrcnn_jax.train's defaults
+BATCH, MAX_INSTANCES = _MAIN_JOB.batch_size, _MAIN_JOB.max_instances  # 8, 8
 TORCH_HINT = "needs torch: pip install torch==2.14.1 torchvision==0.29.1"
 TV_LOSSES = {"loss_objectness": "obj", "loss_rpn_box_reg": "rpn_box",
              "loss_classifier": "cls", "loss_box_reg": "box", "loss_mask": "mask"}

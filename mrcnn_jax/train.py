@@ -51,7 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--preset", choices=sorted(PRESETS), default="shapes",
                    help="model preset: shapes_config (tuned for this job) or small_config")
     p.add_argument("--steps", type=int, default=2800,
-                   help="total optimisation steps (2800 took 15-18 min on the 2-core CPU)")
+                   help="total optimisation steps (2800 took 14-18 min on the 2-core CPU)")
     p.add_argument("--minutes", type=float, default=None,
                    help="stop training after this wall-clock budget (schedule still spans --steps)")
     p.add_argument("--batch_size", type=int, default=8)
