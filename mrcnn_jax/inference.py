@@ -2,13 +2,17 @@
 
 Mask R-CNN section 3.1 ("Inference"): proposals (test-time top-n), box head on them,
 postprocessing to at most ``D`` detections per image, then the mask head runs on the detected
-boxes only, each mask's own class is taken and pasted into the image.
+boxes only, each mask's own class is taken and pasted into the image. With
+``roi_heads.mask_flip_test`` each mask is also predicted on the mirrored image and mirrored box
+and the two probabilities are averaged (test-time flip augmentation for masks, as detectron2's
+``GeneralizedRCNNWithTTA`` does; one more backbone pass).
 
 Shape shorthand: ``B`` images, ``H, W`` input size, ``D`` detections, ``K`` classes.
 Taught in notebooks/10_inference_and_evaluation.
 """
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from mrcnn_jax.paste_masks import paste_masks
@@ -27,11 +31,34 @@ def predict_raw(model, images):
     detect = lambda cl, bd, pr, pv: detect_boxes(cl, bd, pr, pv, cfg.image_size, heads)
     out = jax.vmap(detect)(class_logits.reshape(b, p, -1), box_deltas.reshape(b, p, -1, 4),
                            rpn["proposals"], rpn["proposal_valid"])  # each (B, D, ...)
-    mask_logits = model.mask_head(model.pool(features, out["boxes"], heads.mask_roi_size))
-    d = out["boxes"].shape[1]
-    out["mask_probs"] = select_mask_channel(mask_logits, out["labels"].reshape(-1)).reshape(
-        b, d, heads.mask_size, heads.mask_size)
+    out["mask_probs"] = mask_probs(model, features, out["boxes"], out["labels"])
+    if heads.mask_flip_test:
+        flipped = mirrored_mask_probs(model, images, out["boxes"], out["labels"])
+        out["mask_probs"] = 0.5 * (out["mask_probs"] + flipped)  # (B, D, M, M)
     return out
+
+
+def mask_probs(model, features, boxes, labels):
+    """Mask probabilities ``(B, D, M, M)`` of each box's own class, in the box's frame."""
+    heads = model.config.roi_heads
+    b, d = boxes.shape[:2]
+    mask_logits = model.mask_head(model.pool(features, boxes, heads.mask_roi_size))
+    return select_mask_channel(mask_logits, labels.reshape(-1)).reshape(
+        b, d, heads.mask_size, heads.mask_size)
+
+
+def mirrored_mask_probs(model, images, boxes, labels):
+    """:func:`mask_probs` predicted on the left-right mirrored images at the mirrored boxes,
+    mirrored back into each box's frame: ``(B, D, M, M)``."""
+    features = model.features(images[:, :, ::-1])  # (B, H, W, 3) mirrored
+    mirrored = mirror_boxes(boxes, model.config.image_size[1])  # (B, D, 4)
+    return mask_probs(model, features, mirrored, labels)[..., ::-1]
+
+
+def mirror_boxes(boxes, width):
+    """``(..., 4)`` xyxy boxes mirrored left-right in an image ``width`` pixels wide."""
+    x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
+    return jnp.stack([width - x2, y1, width - x1, y2], axis=-1)
 
 
 @nnx.jit

@@ -116,7 +116,7 @@ class MaskRCNN(nnx.Module):
         out["mask_targets"] = mask_targets(
             batch["masks"], gt_boxes, mask_rois, samples["matched_gt"][:, :s_m],
             cfg.image_size, heads.mask_size, heads.mask_target_sampling_ratio,
-            heads.binary_mask_targets)
+            heads.binary_mask_targets, heads.aligned)  # targets cut as features are pooled
         out["mask_labels"] = samples["labels"][:, :s_m]
         out["mask_valid"] = samples["positive"][:, :s_m]
         return out

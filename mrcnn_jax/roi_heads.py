@@ -127,7 +127,7 @@ def box_losses(class_logits, box_deltas, samples, beta):
 
 
 def mask_targets(gt_masks, gt_boxes, rois, matched_gt, image_size, mask_size, sampling_ratio,
-                 binary=False):
+                 binary=False, aligned=False):
     """Ground-truth masks cut out at each RoI (torchvision ``project_masks_on_boxes``).
 
     Args:
@@ -135,6 +135,9 @@ def mask_targets(gt_masks, gt_boxes, rois, matched_gt, image_size, mask_size, sa
         cropped to their ground-truth box and resized to ``Hm x Wm`` (DESIGN.md "Data").
       gt_boxes: ``(B, G, 4)``; rois: ``(B, R, 4)``; matched_gt: ``(B, R)`` int.
       image_size: static ``(H, W)``; mask_size: ``M``; sampling_ratio: static int > 0.
+      binary: threshold at 0.5 (detectron2) instead of soft targets (torchvision).
+      aligned: cut with ``roi_align(aligned=True)``, half-pixel-correct (detectron2's
+        ``crop_and_resize``); torchvision's ``project_masks_on_boxes`` uses ``aligned=False``.
     Returns:
       ``(B, R, M, M)`` float targets in [0, 1].
     """
@@ -151,7 +154,7 @@ def mask_targets(gt_masks, gt_boxes, rois, matched_gt, image_size, mask_size, sa
     flat_masks = gt_masks.reshape(b * g, hm, wm, 1).astype(jnp.float32)
     image_index = (jnp.arange(b)[:, None] * g + matched_gt).reshape(-1)  # (B*R,)
     targets = roi_align(flat_masks, local.reshape(-1, 4), image_index, (mask_size, mask_size),
-                        1.0, sampling_ratio, False)[..., 0]  # (B*R, M, M)
+                        1.0, sampling_ratio, aligned)[..., 0]  # (B*R, M, M)
     targets = jax.lax.stop_gradient(targets.reshape(b, r, mask_size, mask_size))
     return (targets >= 0.5).astype(jnp.float32) if binary else targets
 

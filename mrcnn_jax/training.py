@@ -25,14 +25,16 @@ BATCH_KEYS = ("images", "boxes", "labels", "masks", "valid")
 
 
 def compute_losses(outputs, config):
-    """Every loss term from :meth:`MaskRCNN.train_forward` outputs, and their sum ``loss``."""
+    """Every loss term from :meth:`MaskRCNN.train_forward` outputs (unweighted), and their
+    weighted sum ``loss`` (``roi_heads.mask_loss_weight`` on the mask term, 1 elsewhere)."""
     terms = rpn_losses(outputs["rpn_logits"], outputs["rpn_deltas"], outputs["rpn_targets"],
                        config.rpn.smooth_l1_beta)
     terms.update(box_losses(outputs["class_logits"], outputs["box_deltas"], outputs["samples"],
                             config.roi_heads.smooth_l1_beta))
     terms["mask"] = mask_loss(outputs["mask_logits"], outputs["mask_labels"],
                               outputs["mask_targets"], outputs["mask_valid"])
-    terms["loss"] = sum(terms[name] for name in LOSS_TERMS)
+    weights = {"mask": config.roi_heads.mask_loss_weight}  # every other term weighs 1
+    terms["loss"] = sum(weights.get(name, 1.0) * terms[name] for name in LOSS_TERMS)
     return terms
 
 

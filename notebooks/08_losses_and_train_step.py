@@ -103,7 +103,9 @@ for k in ("rpn_logits", "rpn_deltas", "class_logits", "box_deltas", "mask_logits
 # anchors, and smooth-L1 (`beta = 1/9`) on the deltas of the **positive** anchors, both divided by
 # the number of sampled anchors. The three head terms are notebook 07's `box_losses` and
 # `mask_loss`. Mask R-CNN's loss is their plain, unweighted sum:
-# `L = L_rpn_cls + L_rpn_box + L_cls + L_box + L_mask`.
+# `L = L_rpn_cls + L_rpn_box + L_cls + L_box + L_mask`. (`RoIHeadsConfig.mask_loss_weight`
+# can weigh the mask term more; the main job's `shapes_config` does, notebook 09. This notebook's
+# `small_config` keeps the paper's weight 1.)
 
 # %%
 def my_rpn_losses(logits, deltas, targets, beta=config.rpn.smooth_l1_beta):

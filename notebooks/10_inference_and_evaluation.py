@@ -19,7 +19,8 @@
 # **You will learn**
 # - postprocessing: class scores, class-specific boxes, score threshold, per-class NMS, top-k
 #   (`mrcnn_jax.postprocess.detect_boxes`), and `predict` / `predict_raw`;
-# - pasting a `28x28` mask into the image (`paste_masks`) and thresholding it at 0.5;
+# - pasting a `28x28` mask into the image (`paste_masks`) and thresholding it at 0.5; asking
+#   the mask head a second time on the mirrored image (test-time flip);
 # - the IoU of two masks, by hand and through COCO's run-length encoding (RLE);
 # - average precision for one category: rank by score, match greedily, precision/recall,
 #   101-point interpolation, the mean over IoU 0.5:0.95; checked against
@@ -47,7 +48,7 @@ from mrcnn_jax.coco_matching import IOU_THRESHOLDS, RECALL_THRESHOLDS
 from mrcnn_jax.data import class_names, make_loader, shapes_source
 from mrcnn_jax.evaluate import evaluate_model, pycocotools_stats
 from mrcnn_jax.evaluation import coco_evaluate, print_table
-from mrcnn_jax.inference import predict, predict_raw
+from mrcnn_jax.inference import mask_probs, mirrored_mask_probs, predict, predict_raw
 from mrcnn_jax.model import MaskRCNN
 from mrcnn_jax.paste_masks import paste_masks
 from mrcnn_jax.postprocess import detect_boxes
@@ -271,6 +272,37 @@ plt.show()
 out = jax.tree.map(np.asarray, predict(model, images))
 np.testing.assert_allclose(out["masks"][i], masks * raw["valid"][i][:, None, None], atol=1e-5)
 print("predict's masks == paste_masks(predict_raw's mask_probs):", out["masks"].shape)
+
+# %% [markdown]
+# ### Masks seen twice: the mirrored image
+#
+# A shape looks the same in a mirror, so the mask head can be asked twice: once on the image,
+# once on the left-right mirrored image at the mirrored box, whose `28x28` answer is mirrored back
+# into the box's frame. Averaging the two probabilities cancels part of each view's error (the
+# pooled features of `aligned=False` RoIAlign sit half a cell off, in opposite directions in the
+# two views). This is test-time augmentation, as detectron2's `GeneralizedRCNNWithTTA` does for
+# masks; it costs one more backbone pass. `RoIHeadsConfig.mask_flip_test` turns it on inside
+# `predict_raw`; `shapes_config` uses it.
+#
+# By hand, for the best detection of the image above:
+
+# %%
+boxes_i, labels_i = jnp.asarray(raw["boxes"][i:i + 1]), jnp.asarray(raw["labels"][i:i + 1])
+W = model.config.image_size[1]
+mirrored_box = jnp.stack([W - boxes_i[..., 2], boxes_i[..., 1], W - boxes_i[..., 0], boxes_i[..., 3]], -1)
+print("box", np.asarray(boxes_i[0, d]).round(1), "-> mirrored", np.asarray(mirrored_box[0, d]).round(1))
+mirror_view = mask_probs(model, model.features(images[i:i + 1, :, ::-1]), mirrored_box, labels_i)[..., ::-1]
+np.testing.assert_allclose(np.asarray(mirror_view), np.asarray(mirrored_mask_probs(model, images[i:i + 1], boxes_i, labels_i)), atol=1e-6)
+plain_view = mask_probs(model, model.features(images[i:i + 1]), boxes_i, labels_i)
+averaged = 0.5 * (plain_view + mirror_view)  # (1, D, 28, 28)
+if model.config.roi_heads.mask_flip_test:  # then predict_raw's masks are this average
+    np.testing.assert_allclose(np.asarray(averaged[0]), raw["mask_probs"][i], atol=1e-5)
+print(f"mean |plain - mirrored view| on detection {d}: {float(jnp.abs(plain_view - mirror_view)[0, d].mean()):.3f}")
+fig, axes = plotting.subplots(ncols=3, size=2.6)
+for ax, view, title in zip(axes, (plain_view, mirror_view, averaged), ("image", "mirrored image, mirrored back", "average"), strict=True):
+    plotting.show_image(ax, np.asarray(view[0, d]), title)
+fig.tight_layout()
+plt.show()
 
 # %% [markdown]
 # ## 4. Mask IoU, by hand and with RLE
@@ -508,6 +540,7 @@ print("detections shown:", [int((out["valid"][j] & (out["scores"][j] >= SHOW)).s
 #   keeps the best `D`: `detect_boxes`, inside `predict_raw`.
 # - The mask head runs on the detected boxes; `paste_masks` resizes each `28x28` map into its box
 #   (zero border, grown box, bilinear), thresholded at 0.5; `predict` does all of it in one jit.
+#   With `mask_flip_test` each mask is the average of the image's and the mirrored image's.
 # - Mask IoU counts pixels; COCO stores masks as column-major run lengths (RLE).
 # - AP for one category and threshold: rank by score, match greedily, precision and recall,
 #   the non-increasing envelope read at 101 recall levels; COCO's AP is the mean over IoU

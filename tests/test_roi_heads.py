@@ -23,7 +23,7 @@ CFG = dataclasses.replace(RoIHeadsConfig(), batch_size_per_image=16)  # at most 
 P, G = 24, 3
 sample_jit = jax.jit(sample_rois, static_argnames="cfg")
 targets_jit = jax.jit(mask_targets, static_argnames=("image_size", "mask_size",
-                                                      "sampling_ratio", "binary"))
+                                                      "sampling_ratio", "binary", "aligned"))
 
 
 def np_iou(a, b):
@@ -214,7 +214,19 @@ def test_mask_targets_roi_equal_to_filled_box_is_ones_inside():
     np.testing.assert_array_equal(np.asarray(binary)[0, 0], 1.0)
 
 
-def test_mask_targets_match_torchvision_project_masks_on_boxes():
+def test_aligned_mask_targets_of_the_exact_box_are_all_ones():
+    # aligned=True samples at 8 - 0.5 + (j + (k + 0.5) / 2) * 2 = 8 + 2j + k: pixel centres
+    # 8..23, all inside the object, where aligned=False read half a pixel beyond it (0.75 above)
+    box = (8, 4, 24, 20)
+    masks = _rect_mask(box)[None, None]  # (1, 1, H, W)
+    got = np.asarray(targets_jit(masks, np.float32([[box]]), np.float32([[box]]),
+                                 np.int32([[0]]), image_size=IMAGE, mask_size=8,
+                                 sampling_ratio=2, aligned=True))
+    np.testing.assert_array_equal(got, 1.0)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_mask_targets_match_torchvision_project_masks_on_boxes(aligned):
     pytest.importorskip("torchvision")
     import torch
     from torchvision.ops import roi_align
@@ -228,13 +240,14 @@ def test_mask_targets_match_torchvision_project_masks_on_boxes():
     rois = np.concatenate([xy, xy + rng.uniform(2, 20, (b, r, 2))], -1).astype(np.float32)
     matched = rng.integers(0, g, (b, r)).astype(np.int32)
     got = targets_jit(masks, gt_boxes, rois, matched, image_size=IMAGE, mask_size=m,
-                      sampling_ratio=2)
+                      sampling_ratio=2, aligned=aligned)
     for i in range(b):
-        # torchvision project_masks_on_boxes with the sampling ratio pinned to 2
+        # torchvision project_masks_on_boxes with the sampling ratio pinned to 2 (aligned=True:
+        # detectron2's crop_and_resize, which is the same roi_align call)
         index = torch.from_numpy(matched[i]).float()[:, None]
         boxes = torch.cat([index, torch.from_numpy(rois[i])], 1)
         expected = roi_align(torch.from_numpy(masks[i])[:, None], boxes, (m, m), 1.0,
-                             sampling_ratio=2)[:, 0].numpy()
+                             sampling_ratio=2, aligned=aligned)[:, 0].numpy()
         np.testing.assert_allclose(got[i], expected, atol=1e-5)
 
 

@@ -10,7 +10,13 @@ import pytest
 from flax import nnx
 
 from mrcnn_jax.config import small_config
-from mrcnn_jax.inference import predict, predict_raw
+from mrcnn_jax.inference import (
+    mask_probs,
+    mirror_boxes,
+    mirrored_mask_probs,
+    predict,
+    predict_raw,
+)
 from mrcnn_jax.model import MaskRCNN
 from mrcnn_jax.paste_masks import paste_masks
 from mrcnn_jax.training import LOSS_TERMS, eval_losses, loss_fn, make_optimizer, train_step
@@ -133,3 +139,52 @@ def test_train_step_and_predict_do_not_retrace_on_a_new_batch(trained, caplog):
         predict(model, new_batch["images"])
     compiled = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
     assert compiled == []
+
+
+def test_mirror_boxes_hand_case():
+    boxes = jnp.float32([[1, 2, 4, 5], [0, 0, 10, 3]])
+    np.testing.assert_array_equal(mirror_boxes(boxes, 10), [[6, 2, 9, 5], [0, 0, 10, 3]])
+
+
+def test_mask_flip_test_averages_with_the_mirrored_image(trained):
+    model, batch, *_ = trained
+    images = batch["images"]
+    original = model.config
+    plain = jax.tree.map(np.asarray, predict_raw(model, images))
+    model.config = original.replace(roi_heads=dataclasses.replace(original.roi_heads,
+                                                                  mask_flip_test=True))
+    try:
+        tta = jax.tree.map(np.asarray, predict_raw(model, images))
+    finally:
+        model.config = original
+    for key in ("boxes", "scores", "labels", "valid"):  # only the masks change
+        np.testing.assert_array_equal(tta[key], plain[key])
+    boxes, labels = jnp.asarray(plain["boxes"]), jnp.asarray(plain["labels"])
+    flipped = np.asarray(mirrored_mask_probs(model, images, boxes, labels))
+    np.testing.assert_allclose(tta["mask_probs"], 0.5 * (plain["mask_probs"] + flipped),
+                               atol=1e-6)
+    assert np.abs(flipped - plain["mask_probs"]).max() > 0.05  # the mirrored view differs
+    # the average is exactly mirror-equivariant: averaged masks of the mirrored image at the
+    # mirrored boxes are the averaged masks mirrored (fails if boxes, images and mask columns
+    # are not mirrored consistently)
+    def averaged(x, b):
+        return 0.5 * (mask_probs(model, model.features(x), b, labels)
+                      + mirrored_mask_probs(model, x, b, labels))
+
+    mirrored = averaged(images[:, :, ::-1], mirror_boxes(boxes, SIZE))
+    np.testing.assert_allclose(np.asarray(mirrored), tta["mask_probs"][..., ::-1], atol=1e-5)
+
+
+def test_mask_loss_weight_scales_only_the_mask_term_in_the_total():
+    config = small_config(image_size=(SIZE, SIZE))
+    model = MaskRCNN(config, rngs=nnx.Rngs(2))
+    batch = jax.tree.map(jnp.asarray, make_batch(3))
+    plain = {k: float(v) for k, v in eval_losses(model, batch, jax.random.key(0)).items()}
+    assert plain["loss"] == pytest.approx(sum(plain[t] for t in LOSS_TERMS), rel=1e-6)
+    model.config = config.replace(roi_heads=dataclasses.replace(config.roi_heads,
+                                                                mask_loss_weight=3.0))
+    weighted = {k: float(v) for k, v in eval_losses(model, batch, jax.random.key(0)).items()}
+    for term in LOSS_TERMS:  # the terms are reported unweighted
+        assert weighted[term] == pytest.approx(plain[term], rel=1e-5)
+    assert plain["mask"] > 0.1
+    assert weighted["loss"] == pytest.approx(plain["loss"] + 2.0 * plain["mask"], rel=1e-5)
