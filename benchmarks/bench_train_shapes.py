@@ -13,8 +13,10 @@ checkpoint is evaluated here). torchvision: ``MaskRCNN`` on the same narrow ResN
 anchors, proposal and RoI counts and head sizes (``bench_train_step.torchvision_small_maskrcnn``),
 no resizing (``min_size = max_size = 128``), the same normalisation, the same batches in the
 same order (``make_loader(...).dataset[step]``), the same optimiser (SGD momentum 0.9, weight
-decay 1e-4, gradient clipping at global norm 10, optax's warm-up + cosine schedule) and its
-test-time proposal and detection counts set to the preset's. Each trains until ``--steps`` are
+decay 1e-4, gradient clipping at global norm 10, optax's warm-up + cosine schedule), the
+preset's mask loss weight, its test-time proposal and detection counts set to the preset's, and,
+when the preset averages masks with the mirrored image's (``mask_flip_test``), the same average
+before pasting. Each trains until ``--steps`` are
 done or ``--minutes`` have passed, whichever comes first. Both are then scored on the first
 ``--num_eval`` held-out images with the same ``coco_evaluate`` (mask and box AP).
 
@@ -115,12 +117,14 @@ def lr_schedule(steps, lr=0.02, warmup=200):
 
 
 def train_torchvision(model, loader, steps, minutes=None, lr=0.02, warmup=200, momentum=0.9,
-                      weight_decay=1e-4, clip_norm=10.0, progress=True):
+                      weight_decay=1e-4, clip_norm=10.0, mask_loss_weight=1.0, progress=True):
     """Train ``model`` on ``loader.dataset[step]`` for ``steps`` steps or ``minutes``.
 
     The optimiser is ``mrcnn_jax.training.make_optimizer``'s: gradients clipped to global norm
     ``clip_norm``, then weight decay, then SGD with momentum, learning rate per step from
-    :func:`lr_schedule`. Returns ``{"steps", "seconds", "step_times"}``.
+    :func:`lr_schedule`. The loss is the sum of torchvision's terms with ``loss_mask`` times
+    ``mask_loss_weight`` (as ``compute_losses``). Returns ``{"steps", "seconds",
+    "step_times"}``.
     """
     import torch
 
@@ -136,7 +140,7 @@ def train_torchvision(model, loader, steps, minutes=None, lr=0.02, warmup=200, m
             group["lr"] = float(rates[step])
         start = time.perf_counter()
         losses = model(images, targets)
-        loss = sum(losses.values())
+        loss = sum(v * (mask_loss_weight if k == "loss_mask" else 1.0) for k, v in losses.items())
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
@@ -154,21 +158,60 @@ def train_torchvision(model, loader, steps, minutes=None, lr=0.02, warmup=200, m
     return {"steps": done, "seconds": time.perf_counter() - began, "step_times": times}
 
 
-def torchvision_predict(model, images):
+def torchvision_predict(model, images, mask_flip_test=False):
     """torchvision's eval-mode detections on ``images (B, H, W, 3) uint8``: per image a dict
     of numpy ``boxes (N, 4)``, ``labels (N,)``, ``scores (N,)``, ``masks (N, H, W)``
-    probabilities."""
+    probabilities. ``mask_flip_test``: each mask averaged with the mirrored image's, before
+    pasting, as ``RoIHeadsConfig.mask_flip_test`` does in ours."""
     import torch
 
     model.eval()
     tensors = list(torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float().div(255.0))
     with torch.no_grad():
         outputs = model(tensors)
+        if mask_flip_test:
+            outputs = _average_mirrored_masks(model, tensors, outputs)
     return [{"boxes": o["boxes"].numpy(), "labels": o["labels"].numpy(),
              "scores": o["scores"].numpy(), "masks": o["masks"][:, 0].numpy()} for o in outputs]
 
 
-def evaluate_torchvision(model, loader, names, progress=True):
+def _mask_probs(model, tensors, boxes, labels):
+    """torchvision's mask branch on given boxes: ``(N, M, M)`` probabilities of each label."""
+    import torch
+
+    image_list, _ = model.transform(tensors)  # no resize here: boxes stay in image pixels
+    features = model.backbone(image_list.tensors)
+    heads = model.roi_heads
+    x = heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(features, boxes,
+                                                                 image_list.image_sizes)))
+    labels = torch.cat(labels)
+    return x[torch.arange(len(labels)), labels].sigmoid()  # (N, M, M)
+
+
+def _average_mirrored_masks(model, tensors, outputs):
+    """Replace each output's pasted masks by the average of the image's and the mirrored
+    image's mask probabilities (mirrored back), pasted by torchvision's rule."""
+    import torch
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    width = tensors[0].shape[-1]
+    boxes, labels = [o["boxes"] for o in outputs], [o["labels"] for o in outputs]
+    mirrored = [torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], 1)
+                for b in boxes]
+    plain = _mask_probs(model, tensors, boxes, labels)
+    flipped = _mask_probs(model, [t.flip(-1) for t in tensors], mirrored, labels).flip(-1)
+    averaged = (0.5 * (plain + flipped))[:, None].split([len(b) for b in boxes])
+    size = tuple(tensors[0].shape[-2:])
+    for o, probs, b, p in zip(outputs, averaged, boxes, plain[:, None].split(
+            [len(b) for b in boxes]), strict=True):
+        # the plain probabilities pasted are torchvision's own masks: the branch is the same
+        torch.testing.assert_close(paste_masks_in_image(p, b, size), o["masks"], atol=1e-5,
+                                   rtol=1e-5)
+        o["masks"] = paste_masks_in_image(probs, b, size)
+    return outputs
+
+
+def evaluate_torchvision(model, loader, names, mask_flip_test=False, progress=True):
     """``evaluate_model`` for a torchvision model: the same COCO dicts, ``coco_evaluate``."""
     images, annotations, detections = [], [], []
     for batch in tqdm(loader, desc="evaluate torchvision", unit="batch", disable=not progress):
@@ -178,7 +221,8 @@ def evaluate_torchvision(model, loader, names, progress=True):
             ann["id"] += len(annotations)
         images += imgs
         annotations += anns
-        for image_id, out in zip(ids, torchvision_predict(model, batch["images"]), strict=True):
+        outs = torchvision_predict(model, batch["images"], mask_flip_test)
+        for image_id, out in zip(ids, outs, strict=True):
             detections += detections_to_coco(image_id, out["boxes"], out["scores"],
                                              out["labels"], out["masks"])
     categories = [{"id": k, "name": n} for k, n in enumerate(names) if k > 0]
@@ -290,7 +334,9 @@ def run_torchvision(args, loader, names, config):
     source = shapes_source("train", args.data_dir, **DATA)
     train_loader = make_loader(source, BATCH, image_size=DATA["image_size"],
                                max_instances=MAX_INSTANCES, seed=args.seed, num_epochs=None)
-    log = train_torchvision(model, train_loader, args.steps, args.minutes, args.lr, args.warmup)
+    heads = config.roi_heads
+    log = train_torchvision(model, train_loader, args.steps, args.minutes, args.lr, args.warmup,
+                            mask_loss_weight=heads.mask_loss_weight)
     print(f"torchvision: {log['steps']} steps in {log['seconds'] / 60:.1f} min")
     if args.export:
         images = next(iter(eval_loader(4, args.data_dir)[0]))["images"]
@@ -299,7 +345,7 @@ def run_torchvision(args, loader, names, config):
               f"({path.stat().st_size / 1e6:.2f} MB)")
     return {"model": "torchvision", "steps": log["steps"], "minutes": log["seconds"] / 60,
             "images_per_s": images_per_s(log["step_times"]),
-            "results": evaluate_torchvision(model, loader, names)}
+            "results": evaluate_torchvision(model, loader, names, heads.mask_flip_test)}
 
 
 def print_rows(rows, num_eval):

@@ -269,8 +269,9 @@ print("parameters and optimizer state (momentum, step count) restored exactly")
 # same arguments as a list. Its default model is `shapes_config()`, `small_config()` tuned for
 # the main job's time budget (PyTorch's default init for the backbone convolutions and no
 # zero-init residual, two anchor scales per level, a narrower mask head, fewer sampled RoIs
-# with more of them positive, binary mask targets, test-time settings for overlapping
-# shapes; its docstring gives each one's measured effect);
+# with more of them positive, binary mask targets, the mask term weighted 3 in the loss,
+# test-time settings for overlapping shapes and masks averaged with the mirrored image's
+# (notebook 10); its docstring gives each one's measured effect);
 # `--preset small` trains the model of section 2. A tiny setting: 32 images of 64x64,
 # 20 steps.
 
