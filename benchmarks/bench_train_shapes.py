@@ -198,16 +198,15 @@ def _average_mirrored_masks(model, tensors, outputs):
     boxes, labels = [o["boxes"] for o in outputs], [o["labels"] for o in outputs]
     mirrored = [torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], 1)
                 for b in boxes]
-    plain = _mask_probs(model, tensors, boxes, labels)
+    plain = _mask_probs(model, tensors, boxes, labels)[:, None]  # (N, 1, M, M)
     flipped = _mask_probs(model, [t.flip(-1) for t in tensors], mirrored, labels).flip(-1)
-    averaged = (0.5 * (plain + flipped))[:, None].split([len(b) for b in boxes])
-    size = tuple(tensors[0].shape[-2:])
-    for o, probs, b, p in zip(outputs, averaged, boxes, plain[:, None].split(
-            [len(b) for b in boxes]), strict=True):
+    averaged = 0.5 * (plain + flipped[:, None])
+    sizes, size = [len(b) for b in boxes], tuple(tensors[0].shape[-2:])
+    for o, b, p, a in zip(outputs, boxes, plain.split(sizes), averaged.split(sizes), strict=True):
         # the plain probabilities pasted are torchvision's own masks: the branch is the same
         torch.testing.assert_close(paste_masks_in_image(p, b, size), o["masks"], atol=1e-5,
                                    rtol=1e-5)
-        o["masks"] = paste_masks_in_image(probs, b, size)
+        o["masks"] = paste_masks_in_image(a, b, size)
     return outputs
 
 

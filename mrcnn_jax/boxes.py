@@ -1,4 +1,5 @@
-"""Boxes: area, IoU, and the box coder that turns boxes into regression deltas and back.
+"""Boxes: area, IoU, clipping, mirroring, and the box coder that turns boxes into regression
+deltas and back.
 
 The one box convention of mrcnn_jax, stated here once and tested in tests/test_boxes.py:
 boxes are ``(x1, y1, x2, y2)`` float32 in absolute pixels of the model's input image, with
@@ -146,3 +147,13 @@ def clip_boxes(boxes, image_size):
     x = jnp.clip(boxes[..., 0::2], 0.0, width)  # (..., 2)
     y = jnp.clip(boxes[..., 1::2], 0.0, height)  # (..., 2)
     return jnp.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], axis=-1)
+
+
+def mirror_boxes(boxes, width):
+    """Mirror ``(..., 4)`` boxes left to right in an image ``width`` pixels wide:
+    ``(x1, x2) -> (width - x2, width - x1)`` (a pixel covers ``[j, j + 1)``; the data pipeline's
+    ``transforms.hflip_example`` applies the same rule in numpy)."""
+    boxes = jnp.asarray(boxes)
+    _check_last_dim("boxes", boxes)
+    x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
+    return jnp.stack([width - x2, y1, width - x1, y2], axis=-1)

@@ -12,9 +12,9 @@ Taught in notebooks/10_inference_and_evaluation.
 """
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
+from mrcnn_jax.boxes import mirror_boxes
 from mrcnn_jax.paste_masks import paste_masks
 from mrcnn_jax.postprocess import detect_boxes, select_mask_channel
 
@@ -53,12 +53,6 @@ def mirrored_mask_probs(model, images, boxes, labels):
     features = model.features(images[:, :, ::-1])  # (B, H, W, 3) mirrored
     mirrored = mirror_boxes(boxes, model.config.image_size[1])  # (B, D, 4)
     return mask_probs(model, features, mirrored, labels)[..., ::-1]
-
-
-def mirror_boxes(boxes, width):
-    """``(..., 4)`` xyxy boxes mirrored left-right in an image ``width`` pixels wide."""
-    x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
-    return jnp.stack([width - x2, y1, width - x1, y2], axis=-1)
 
 
 @nnx.jit

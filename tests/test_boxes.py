@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mrcnn_jax import box_area, box_iou, clip_boxes, decode_boxes, encode_boxes
-from mrcnn_jax.boxes import BBOX_XFORM_CLIP, ROI_BOX_WEIGHTS, RPN_BOX_WEIGHTS
+from mrcnn_jax.boxes import BBOX_XFORM_CLIP, ROI_BOX_WEIGHTS, RPN_BOX_WEIGHTS, mirror_boxes
 
 GOLDEN = np.load(pathlib.Path(__file__).parent / "golden" / "geometry.npz")
 N = 16  # fixed box count in property tests, so jitted functions compile once
@@ -277,3 +277,11 @@ def test_coder_and_area_reject_wrong_last_dim():
         box_area(bad)
     with pytest.raises(ValueError, match=r"boxes must have shape \(\.\.\., 4\)"):
         clip_boxes(bad, (10, 10))
+    with pytest.raises(ValueError, match=r"boxes must have shape \(\.\.\., 4\)"):
+        mirror_boxes(bad, 10)
+
+
+def test_mirror_boxes_hand_case():
+    boxes = jnp.float32([[1, 2, 4, 5], [0, 0, 10, 3]])
+    np.testing.assert_array_equal(mirror_boxes(boxes, 10), [[6, 2, 9, 5], [0, 0, 10, 3]])
+    np.testing.assert_array_equal(mirror_boxes(mirror_boxes(boxes, 10), 10), boxes)  # involution

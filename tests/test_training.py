@@ -9,14 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mrcnn_jax.boxes import mirror_boxes
 from mrcnn_jax.config import small_config
-from mrcnn_jax.inference import (
-    mask_probs,
-    mirror_boxes,
-    mirrored_mask_probs,
-    predict,
-    predict_raw,
-)
+from mrcnn_jax.inference import mask_probs, mirrored_mask_probs, predict, predict_raw
 from mrcnn_jax.model import MaskRCNN
 from mrcnn_jax.paste_masks import paste_masks
 from mrcnn_jax.training import LOSS_TERMS, eval_losses, loss_fn, make_optimizer, train_step
@@ -139,11 +134,6 @@ def test_train_step_and_predict_do_not_retrace_on_a_new_batch(trained, caplog):
         predict(model, new_batch["images"])
     compiled = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
     assert compiled == []
-
-
-def test_mirror_boxes_hand_case():
-    boxes = jnp.float32([[1, 2, 4, 5], [0, 0, 10, 3]])
-    np.testing.assert_array_equal(mirror_boxes(boxes, 10), [[6, 2, 9, 5], [0, 0, 10, 3]])
 
 
 def test_mask_flip_test_averages_with_the_mirrored_image(trained):
