@@ -22,19 +22,28 @@ from nbclient import NotebookClient
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 
 
+# The kernel inherits this process's environment: a caller with ``MPLBACKEND=Agg`` (set by many CI
+# images and terminals without a display) would get a kernel that draws nowhere, and the saved
+# notebook would hold no pictures. Force the inline backend, which embeds each figure as a PNG.
+KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+
+
 def execute(notebook, fast, timeout=1200):
-    """Run ``notebook`` (an nbformat node) in ``notebooks/``; raises on the first failing cell."""
-    previous = os.environ.get("MRCNN_JAX_FAST")
-    os.environ["MRCNN_JAX_FAST"] = "1" if fast else "0"
+    """Run ``notebook`` (an nbformat node) in ``notebooks/`` with inline PNG figures; raises on
+    the first failing cell."""
+    overrides = {**KERNEL_ENV, "MRCNN_JAX_FAST": "1" if fast else "0"}
+    previous = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
     try:
         client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                                 resources={"metadata": {"path": str(NOTEBOOKS)}})
         client.execute()
     finally:
-        if previous is None:
-            os.environ.pop("MRCNN_JAX_FAST", None)
-        else:
-            os.environ["MRCNN_JAX_FAST"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return notebook
 
 
