@@ -17,4 +17,9 @@ if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: that is a failure here" >&2
   exit 1
 fi
-exit "$rc"
+[ "$rc" -eq 0 ] || exit "$rc"
+# Only for the whole suite (no arguments): the same package on Python 3.13, installed from the
+# clone into a fresh environment (scripts/test_py313.sh). MRCNN_JAX_SKIP_PY313=1 leaves it out.
+if [ "$#" -eq 0 ] && [ "${MRCNN_JAX_SKIP_PY313:-0}" != "1" ]; then
+  bash scripts/test_py313.sh
+fi

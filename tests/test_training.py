@@ -147,8 +147,11 @@ def test_mask_flip_test_averages_with_the_mirrored_image(trained):
         tta = jax.tree.map(np.asarray, predict_raw(model, images))
     finally:
         model.config = original
-    for key in ("boxes", "scores", "labels", "valid"):  # only the masks change
+    # only the masks change; the two programs compile differently, so floats agree to rounding
+    for key in ("labels", "valid"):
         np.testing.assert_array_equal(tta[key], plain[key])
+    for key in ("boxes", "scores"):
+        np.testing.assert_allclose(tta[key], plain[key], rtol=1e-6, atol=1e-5)
     boxes, labels = jnp.asarray(plain["boxes"]), jnp.asarray(plain["labels"])
     flipped = np.asarray(mirrored_mask_probs(model, images, boxes, labels))
     np.testing.assert_allclose(tta["mask_probs"], 0.5 * (plain["mask_probs"] + flipped),

@@ -30,12 +30,18 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-_REPO_DATA = pathlib.Path(__file__).resolve().parents[2] / "data"
+_REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def default_data_dir():
-    """Where prepared datasets live: ``$MRCNN_JAX_DATA`` if set, else ``<repo>/data``."""
-    return pathlib.Path(os.environ.get("MRCNN_JAX_DATA", _REPO_DATA))
+    """Where prepared datasets live: ``$MRCNN_JAX_DATA`` if set; else ``<repo>/data`` when the
+    package runs from a source checkout (editable install, notebooks, Colab's clone); else, for
+    an installed copy, ``~/.cache/mrcnn_jax/data`` (never inside site-packages)."""
+    if "MRCNN_JAX_DATA" in os.environ:
+        return pathlib.Path(os.environ["MRCNN_JAX_DATA"])
+    if (_REPO / "pyproject.toml").exists() and (_REPO / "mrcnn_jax").is_dir():
+        return _REPO / "data"
+    return pathlib.Path.home() / ".cache" / "mrcnn_jax" / "data"
 
 
 def encode_png(array, compress_level=1):
