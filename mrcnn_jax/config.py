@@ -138,7 +138,7 @@ def shapes_config(num_classes=4, image_size=(128, 128)):
     """:func:`small_config` tuned for the main job (``python -m mrcnn_jax.train``): more accurate
     per step and ~1.5x faster per step on a 2-core CPU, so more steps fit the time budget.
 
-    Each change measured (batch 8 of 128x128, benchmarks/README.md and the session notes; "tuning
+    Each change measured (batch 8 of 128x128, benchmarks/README.md and docs/tuning_notes.md; "tuning
     images": 500 drawn with data seed 1, kept apart from the 500 held-out ones the job reports):
     - backbone convolutions start from PyTorch's plain ``Conv2d`` default (variance a sixth of
       He's) and no block starts as the identity (``zero_init_residual=False``), as torchvision's
