@@ -255,16 +255,17 @@ def require(condition, case, message):
 
 def compare_grad(case, student_loss, oracle_loss, args, argnums=0, inputs="", rtol=1e-4,
                  atol=1e-5, mistakes=()):
-    """Gradients of two scalar functions of ``args`` agree (finite, same values)."""
+    """Gradients of two scalar functions of ``args`` agree (finite, same values); both are
+    taken under ``jax.jit`` (the function already passed the check's jit cases)."""
     try:
-        got = jax.grad(student_loss, argnums=argnums)(*args)
+        got = jax.jit(jax.grad(student_loss, argnums=argnums))(*args)
     except NotImplementedError as error:
         raise NotAttempted() from error
     except Exception as error:
         raise AssertionError(
             f"case '{case}': jax.grad of your function failed with {type(error).__name__}: "
             f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}") from error
-    expected = jax.grad(oracle_loss, argnums=argnums)(*args)
+    expected = jax.jit(jax.grad(oracle_loss, argnums=argnums))(*args)
     got, expected = np.asarray(got), np.asarray(expected)
     if np.isnan(got).any() and not np.isnan(expected).any():
         where = tuple(int(i) for i in np.argwhere(np.isnan(got))[0])

@@ -63,10 +63,10 @@ def check_paste_masks(fn):
     rng = np.random.default_rng(13)
     masks = rng.uniform(size=(4, 7, 7))
     boxes = np.array([[1.5, 2.2, 12.7, 9.1], [0, 0, 24, 20], [10, 3, 14, 18], [5, 5, 9, 7]])
-    run("random 7 x 7 masks into a 20 x 24 image", masks, boxes, (20, 24))
-    run("the same under jax.jit", masks, boxes, (20, 24), jit=True)
+    run("random 7 x 7 masks into a 20 x 24 image, under jax.jit", masks, boxes, (20, 24),
+        jit=True)
     run("boxes partly outside the image, and a zero-area box", masks[:3],
-        [[-6, -4, 8, 9], [15, 12, 40, 30], [6, 6, 6, 6]], (20, 24))
+        [[-6, -4, 8, 9], [15, 12, 40, 30], [6, 6, 6, 6]], (20, 24), jit=True)
 
 
 def _coco_oracle(ious, threshold):

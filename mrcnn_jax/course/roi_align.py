@@ -165,17 +165,15 @@ def check_roi_align(fn):
     boxes = random_boxes(rng, 6, high=24.0, min_size=2.0, max_size=20.0)
     batch = np.array([0, 1, 0, 1, 1, 0], np.int32)
     for aligned in (False, True):
-        run(f"random boxes on two 8 x 8 maps, scale 1/4, 2 samples, aligned={aligned}",
-            features, boxes, batch, (3, 3), 0.25, 2, aligned)
-    run("random boxes under jax.jit, aligned=True", features, boxes, batch, (2, 3), 0.25, 2,
-        True, jit=True)
-    run("random boxes under jax.jit, aligned=False", features, boxes, batch, (2, 2), 0.25, 2,
-        False, jit=True)
+        run(f"random boxes on two 8 x 8 maps, scale 1/4, 2 samples, aligned={aligned}, under "
+            f"jax.jit", features, boxes, batch, (3, 3), 0.25, 2, aligned, jit=True)
+    run("3 samples per bin, a 2 x 3 output", features, boxes, batch, (2, 3), 0.25, 3, True,
+        jit=True)
     edge = np.array([[-8, -8, 6, 6], [26, 20, 40, 40], [10, 10, 10, 10], [12, 4, 13, 5]],
                     np.float32)
     for aligned in (False, True):
         run(f"boxes partly outside the map, zero-area and sub-cell boxes, aligned={aligned}",
-            features, edge, [0, 1, 0, 1], (2, 2), 0.25, 2, aligned)
+            features, edge, [0, 1, 0, 1], (2, 2), 0.25, 2, aligned, jit=True)
     weights = rng.normal(size=(6, 3, 3, 3)).astype(np.float32)
     compare_grad("gradient with respect to the features, aligned=False",
                  lambda f: jnp.sum(fn(f, boxes, batch, (3, 3), 0.25, 2, False) * weights),

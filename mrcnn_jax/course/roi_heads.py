@@ -79,15 +79,14 @@ def check_mask_targets(fn):
     masks = _box_masks(boxes, (16, 16))
     rois = random_boxes(rng, 8, high=14.0, min_size=2.0, max_size=10.0).reshape(2, 4, 4)
     matched = np.array([[0, 2, 1, 1], [2, 0, 0, 1]], np.int32)
-    run("random RoIs on full-image masks, 2 images, 3 ground truths each, M = 6", masks, boxes,
-        rois, matched, (16, 16), 6, 2)
-    run("the same under jax.jit", masks, boxes, rois, matched, (16, 16), 6, 2, jit=True)
+    run("random RoIs on full-image masks, 2 images, 3 ground truths each, M = 6, under "
+        "jax.jit", masks, boxes, rois, matched, (16, 16), 6, 2, jit=True)
     run("binary targets (detectron2): thresholded at 0.5", masks, boxes, rois, matched,
-        (16, 16), 6, 2, binary=True)
-    run("aligned=True", masks, boxes, rois, matched, (16, 16), 6, 2, aligned=True)
+        (16, 16), 6, 2, jit=True, binary=True)
+    run("aligned=True", masks, boxes, rois, matched, (16, 16), 6, 2, jit=True, aligned=True)
     cropped = rng.uniform(size=(2, 3, 8, 8)).astype(np.float32)
     run("masks cropped to their ground-truth box at 8 x 8 (not full images)", cropped, boxes,
-        rois, matched, (16, 16), 6, 2)
+        rois, matched, (16, 16), 6, 2, jit=True)
     run("RoIs partly outside the image", masks, boxes,
         np.array([[[-4, -4, 6, 6], [10, 10, 20, 20], [0, 0, 16, 16], [5, 5, 5, 5]]] * 2,
-                 np.float32), matched, (16, 16), 4, 2)
+                 np.float32), matched, (16, 16), 4, 2, jit=True)
