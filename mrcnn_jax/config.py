@@ -92,6 +92,9 @@ class MaskRCNNConfig:
     roi_heads: RoIHeadsConfig = RoIHeadsConfig()
     pixel_mean: tuple = IMAGENET_MEAN
     pixel_std: tuple = IMAGENET_STD
+    # compute dtype of convolutions and matmuls: "float32" or "bfloat16" (parameters, norm
+    # statistics, losses and box geometry stay float32; the heads' outputs are cast back)
+    dtype: str = "float32"
 
     def replace(self, **changes):
         """A copy with top-level fields changed (``dataclasses.replace``)."""

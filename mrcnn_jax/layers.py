@@ -51,6 +51,26 @@ CONV_INITS = {"kaiming_normal_fan_out": kaiming_normal_fan_out,
               "kaiming_uniform_sqrt5": kaiming_uniform_sqrt5}
 
 
+def _cast(dtype, x):
+    return x if dtype is None else x.astype(dtype)
+
+
+def _compute(dtype, kernel, bias):
+    """Kernel and bias values in the compute dtype (float32 weights are cast per call)."""
+    return _cast(dtype, kernel), None if bias is None else _cast(dtype, bias[...])
+
+
+def set_compute_dtype(module, dtype):
+    """Run every convolution and linear layer under ``module`` in ``dtype`` ("float32" or
+    "bfloat16"); parameters stay float32 and norms compute their statistics in float32."""
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'float32' or 'bfloat16'; got {dtype!r}")
+    value = None if dtype == "float32" else jnp.dtype(dtype)
+    for _, layer in module.iter_modules():
+        if isinstance(layer, Conv2d | ConvTranspose2x2 | nnx.Linear):
+            layer.dtype = value
+
+
 class Conv2d(nnx.Module):
     """2-D convolution, NHWC, symmetric padding like ``torch.nn.Conv2d``."""
 
@@ -61,14 +81,16 @@ class Conv2d(nnx.Module):
         self.bias = _variable(jnp.zeros((out_channels,)), trainable) if use_bias else None
         self.stride = stride
         self.padding = padding
+        self.dtype = None  # compute dtype (bfloat16); None: float32. Weights stay float32.
 
     def __call__(self, x):  # (N, H, W, Cin) -> (N, H', W', Cout)
         pad = ((self.padding, self.padding), (self.padding, self.padding))
+        kernel, bias = _compute(self.dtype, self.kernel[...], self.bias)
         y = jax.lax.conv_general_dilated(
-            x, self.kernel[...], (self.stride, self.stride), pad,
+            _cast(self.dtype, x), kernel, (self.stride, self.stride), pad,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
-        return y if self.bias is None else y + self.bias[...]
+        return y if bias is None else y + bias
 
 
 class ConvTranspose2x2(nnx.Module):
@@ -83,11 +105,13 @@ class ConvTranspose2x2(nnx.Module):
         shape = (2, 2, in_channels, out_channels)
         self.kernel = nnx.Param(kaiming_normal_fan_out(rngs.params(), shape))
         self.bias = nnx.Param(jnp.zeros((out_channels,)))
+        self.dtype = None  # compute dtype, as Conv2d
 
     def __call__(self, x):  # (N, H, W, Cin) -> (N, 2H, 2W, Cout)
         n, h, w, _ = x.shape
-        y = jnp.einsum("nhwc,abco->nhawbo", x, self.kernel[...])  # (N, H, 2, W, 2, Cout)
-        return y.reshape(n, 2 * h, 2 * w, -1) + self.bias[...]
+        kernel, bias = _compute(self.dtype, self.kernel[...], self.bias)
+        y = jnp.einsum("nhwc,abco->nhawbo", _cast(self.dtype, x), kernel)  # (N, H, 2, W, 2, Co)
+        return y.reshape(n, 2 * h, 2 * w, -1) + bias
 
 
 class FrozenBatchNorm(nnx.Module):

@@ -24,6 +24,7 @@ from flax import nnx
 from mrcnn_jax.anchors import generate_anchors, num_anchors_per_location
 from mrcnn_jax.backbone import ResNet
 from mrcnn_jax.fpn import FPN
+from mrcnn_jax.layers import set_compute_dtype
 from mrcnn_jax.poolers import multiscale_roi_align
 from mrcnn_jax.roi_heads import BoxHead, MaskHead, mask_targets, sample_rois
 from mrcnn_jax.rpn import RPNHead, rpn_targets, select_proposals
@@ -47,6 +48,8 @@ class MaskRCNN(nnx.Module):
         self.box_head = BoxHead(f * heads.box_roi_size**2, heads.representation_size,
                                 config.num_classes, rngs=rngs)
         self.mask_head = MaskHead(f, heads.mask_layers, config.num_classes, rngs=rngs)
+        if config.dtype != "float32":
+            set_compute_dtype(self, config.dtype)
 
     def features(self, images):
         """``(B, H, W, 3)`` uint8 (or float 0-255) -> ``[P2, ..., P6]`` NHWC."""
@@ -67,13 +70,23 @@ class MaskRCNN(nnx.Module):
         return jnp.asarray(anchors), counts
 
     def pool(self, features, rois, size):
-        """Multi-scale RoIAlign of ``rois (B, R, 4)`` from P2-P5 -> ``(B*R, size, size, F)``."""
+        """Multi-scale RoIAlign of ``rois (B, R, 4)`` from P2-P5 -> ``(B*R, size, size, F)``.
+
+        Each image pools from its own maps (``vmap`` over images): a gather whose indices may
+        reach any image would make XLA all-gather the FPN maps to every device when the
+        batch is sharded (``sharding.py``); a per-image gather stays on the image's device.
+        """
         b, r = rois.shape[:2]
         heads = self.config.roi_heads
-        batch_index = jnp.repeat(jnp.arange(b, dtype=jnp.int32), r)  # (B*R,)
-        return multiscale_roi_align(features[:4], rois.reshape(-1, 4), batch_index,
-                                    self.config.image_size, (size, size),
-                                    heads.sampling_ratio, heads.aligned)
+        zeros = jnp.zeros((r,), jnp.int32)  # one image per call: batch index 0
+
+        def one_image(maps, boxes):  # [(H_l, W_l, F)], (R, 4) -> (R, size, size, F)
+            return multiscale_roi_align([m[None] for m in maps], boxes, zeros,
+                                        self.config.image_size, (size, size),
+                                        heads.sampling_ratio, heads.aligned)
+
+        pooled = jax.vmap(one_image)(features[:4], rois)  # (B, R, size, size, F)
+        return pooled.reshape(b * r, *pooled.shape[2:])
 
     def proposals(self, features, training):
         """RPN raw outputs and each image's proposals ``(B, P, 4)``, scores, valid."""

@@ -53,7 +53,8 @@ class BoxHead(nnx.Module):
         r = x.shape[0]
         x = jax.nn.relu(self.fc6(x.reshape(r, -1)))  # (R, rep), NHWC flatten order
         x = jax.nn.relu(self.fc7(x))
-        return self.cls_score(x), self.bbox_pred(x).reshape(r, -1, 4)
+        logits, deltas = self.cls_score(x), self.bbox_pred(x).reshape(r, -1, 4)
+        return logits.astype(jnp.float32), deltas.astype(jnp.float32)  # bf16 compute -> f32
 
 
 class MaskHead(nnx.Module):
@@ -72,7 +73,7 @@ class MaskHead(nnx.Module):
         for conv in self.convs:
             x = jax.nn.relu(conv(x))  # (R, 14, 14, F)
         x = jax.nn.relu(self.conv5_mask(x))  # (R, 28, 28, F)
-        return self.mask_fcn_logits(x)  # (R, 28, 28, K)
+        return self.mask_fcn_logits(x).astype(jnp.float32)  # (R, 28, 28, K)
 
 
 def sample_rois(key, proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, cfg):
@@ -141,8 +142,7 @@ def mask_targets(gt_masks, gt_boxes, rois, matched_gt, image_size, mask_size, sa
     Returns:
       ``(B, R, M, M)`` float targets in [0, 1].
     """
-    b, g, hm, wm = gt_masks.shape
-    r = rois.shape[1]
+    hm, wm = gt_masks.shape[2:]
     owner = jnp.take_along_axis(gt_boxes, matched_gt[..., None], axis=1)  # (B, R, 4)
     if (hm, wm) == tuple(image_size):  # full masks: the frame is the image
         frame = jnp.broadcast_to(jnp.asarray([0.0, 0.0, wm, hm]), owner.shape)
@@ -151,11 +151,11 @@ def mask_targets(gt_masks, gt_boxes, rois, matched_gt, image_size, mask_size, sa
     size = jnp.maximum(frame[..., 2:] - frame[..., :2], 1e-3)  # (B, R, 2) never 0: no inf
     scale = jnp.asarray([wm, hm], jnp.float32) / size  # (B, R, 2) mask pixels per image px
     local = (rois - jnp.tile(frame[..., :2], 2)) * jnp.tile(scale, 2)  # (B, R, 4)
-    flat_masks = gt_masks.reshape(b * g, hm, wm, 1).astype(jnp.float32)
-    image_index = (jnp.arange(b)[:, None] * g + matched_gt).reshape(-1)  # (B*R,)
-    targets = roi_align(flat_masks, local.reshape(-1, 4), image_index, (mask_size, mask_size),
-                        1.0, sampling_ratio, aligned)[..., 0]  # (B*R, M, M)
-    targets = jax.lax.stop_gradient(targets.reshape(b, r, mask_size, mask_size))
+    masks = gt_masks[..., None].astype(jnp.float32)  # (B, G, Hm, Wm, 1)
+    cut = lambda m, boxes, index: roi_align(m, boxes, index, (mask_size, mask_size), 1.0,
+                                            sampling_ratio, aligned)[..., 0]  # (R, M, M)
+    # per image (vmap), so a batch sharded over devices gathers only its own masks
+    targets = jax.lax.stop_gradient(jax.vmap(cut)(masks, local, matched_gt))  # (B, R, M, M)
     return (targets >= 0.5).astype(jnp.float32) if binary else targets
 
 

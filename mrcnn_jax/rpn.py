@@ -46,7 +46,8 @@ class RPNHead(nnx.Module):
             b = x.shape[0]
             logits.append(self.cls_logits(t).reshape(b, -1))  # (B, h*w*a)
             deltas.append(self.bbox_pred(t).reshape(b, -1, 4))  # (B, h*w*a, 4)
-        return jnp.concatenate(logits, axis=1), jnp.concatenate(deltas, axis=1)
+        logits, deltas = jnp.concatenate(logits, axis=1), jnp.concatenate(deltas, axis=1)
+        return logits.astype(jnp.float32), deltas.astype(jnp.float32)  # bf16 compute -> f32
 
 
 def rpn_targets(key, anchors, gt_boxes, gt_valid, cfg):

@@ -74,14 +74,21 @@ def make_optimizer(model, learning_rate=0.02, momentum=0.9, weight_decay=1e-4,
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
-@nnx.jit(donate_argnums=(0, 1))
-def train_step(model, optimizer, batch, key):
-    """One optimisation step; returns the loss terms, ``loss`` and ``grad_norm``."""
+def apply_step(model, optimizer, batch, key, with_grads=False):
+    """Forward, backward and update, not jitted: the body of :func:`train_step` and of the
+    data-parallel step in ``sharding.py``. Returns the loss terms, ``loss`` and ``grad_norm``
+    (and the gradients, an ``nnx.State``, if ``with_grads``)."""
     grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)
     (_, terms), grads = grad_fn(model, batch, key)
     optimizer.update(model, grads)
     terms["grad_norm"] = optax.tree.norm(grads)
-    return terms
+    return (terms, grads) if with_grads else terms
+
+
+@nnx.jit(donate_argnums=(0, 1))
+def train_step(model, optimizer, batch, key):
+    """One optimisation step; returns the loss terms, ``loss`` and ``grad_norm``."""
+    return apply_step(model, optimizer, batch, key)
 
 
 @nnx.jit
