@@ -10,13 +10,25 @@ The loop runs once per *kept* box (at most ``max_output_size`` times, stopping e
 candidate is left) and compares that box with all ``N`` boxes in one vector operation, so the
 work is ``O(kept * N)`` and no ``(N, N)`` IoU matrix is stored.
 
-Shape shorthand: ``N`` candidate boxes, ``K = max_output_size``.
+That loop is serial: on a GPU or TPU each iteration is a kernel launch or a loop trip whose
+vector work is tiny. :func:`nms_tiled` (the tiled scheme of tensorflow/tpu's padded NMS) keeps
+exactly the same boxes with far fewer iterations: the boxes, sorted by score, are cut into
+tiles of ``T``; each tile is first suppressed by every box kept in earlier tiles (one
+``(N, T)`` IoU block), then suppresses itself by iterating ``keep_k = alive_k and no kept j < k
+of the tile overlaps k`` to its fixed point, which is the greedy answer because ``keep_k``
+depends only on boxes before ``k``. Iterations: ``N / T`` tiles, each about the length of the
+longest suppression chain inside a tile (usually a few). ``algorithm="auto"`` in :func:`nms`
+and :func:`batched_nms` picks greedy on CPU (one fast loop trip per kept box, no ``T x T``
+work) and tiled on GPU/TPU; ``benchmarks/bench_nms.py`` measures both.
+
+Shape shorthand: ``N`` candidate boxes, ``K = max_output_size``, ``T`` tile size.
 Naming: ``valid`` marks real entries of a padded array.
 Taught in notebooks/03_nms.
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mrcnn_jax.boxes import box_iou
 
@@ -67,7 +79,103 @@ def _greedy_nms(boxes, scores, groups, candidate, iou_threshold, max_output_size
     return jnp.where(valid, keep, 0), valid
 
 
-def nms(boxes, scores, iou_threshold, max_output_size, valid=None):
+def _tile_fixed_point(alive, suppresses):
+    """Greedy NMS inside one tile: ``alive (T,)`` and strictly upper-triangular
+    ``suppresses (T, T)`` -> kept ``(T,)`` and the number of iterations it took."""
+
+    def cond(state):
+        return state[1]
+
+    def body(state):
+        kept, _, count = state
+        new = alive & ~jnp.any(kept[:, None] & suppresses, axis=0)  # (T,)
+        return new, jnp.any(new != kept), count + 1
+
+    kept, _, count = jax.lax.while_loop(cond, body, (alive, jnp.bool_(True), jnp.int32(0)))
+    return kept, count
+
+
+def _tiled_nms(boxes, scores, groups, candidate, iou_threshold, max_output_size, tile_size):
+    """Tiled NMS; returns ``indices (K,)``, ``valid (K,)`` and the total loop iterations."""
+    n = boxes.shape[0]
+    t = min(tile_size, n)
+    tiles = -(-n // t)
+    order = jnp.argsort(-scores, stable=True)  # (N,) descending score, ties by index
+    pad = tiles * t - n
+    boxes = jnp.pad(boxes[order], ((0, pad), (0, 0)))  # (tiles*T, 4) sorted, zero padding
+    groups = jnp.pad(groups[order], (0, pad), constant_values=-1)
+    alive = jnp.pad(candidate[order], (0, pad))  # padding is never a candidate
+    later = jnp.triu(jnp.ones((t, t), bool), k=1)  # [j, k]: j comes before k
+
+    def cond(state):
+        i, _, count, _ = state
+        return (i < tiles) & (count < max_output_size)
+
+    def body(state):
+        i, kept, count, iterations = state
+        tile = jax.lax.dynamic_slice_in_dim(boxes, i * t, t)  # (T, 4)
+        tile_groups = jax.lax.dynamic_slice_in_dim(groups, i * t, t)  # (T,)
+        same = groups[:, None] == tile_groups[None, :]  # (tiles*T, T)
+        hit = (box_iou(boxes, tile) > iou_threshold) & same & kept[:, None]
+        tile_alive = jax.lax.dynamic_slice_in_dim(alive, i * t, t) & ~jnp.any(hit, axis=0)
+        inside = (box_iou(tile, tile) > iou_threshold) & later  # (T, T) j before k
+        inside = inside & (tile_groups[:, None] == tile_groups[None, :])
+        tile_kept, inner = _tile_fixed_point(tile_alive, inside)
+        kept = jax.lax.dynamic_update_slice_in_dim(kept, tile_kept, i * t, 0)
+        return i + 1, kept, count + jnp.sum(tile_kept), iterations + inner + 1
+
+    start = (jnp.int32(0), jnp.zeros((tiles * t,), bool), jnp.int32(0), jnp.int32(0))
+    _, kept, count, iterations = jax.lax.while_loop(cond, body, start)
+    position = jnp.nonzero(kept, size=max_output_size, fill_value=0)[0]  # (K,) sorted order
+    valid = jnp.arange(max_output_size) < jnp.minimum(count, max_output_size)
+    indices = jnp.where(valid, order[jnp.minimum(position, n - 1)], 0).astype(jnp.int32)
+    return indices, valid, iterations
+
+
+def _use_tiled(algorithm):
+    if algorithm not in ("auto", "greedy", "tiled"):
+        raise ValueError(f"algorithm must be 'auto', 'greedy' or 'tiled'; got {algorithm!r}")
+    return algorithm == "tiled" or (algorithm == "auto" and jax.default_backend() != "cpu")
+
+
+def nms_tiled(boxes, scores, iou_threshold, max_output_size, valid=None, tile_size=256,
+              classes=None, return_iterations=False):
+    """Tiled NMS: the same kept boxes as :func:`nms` (or :func:`batched_nms` with
+    ``classes``), in far fewer loop iterations (module docstring).
+
+    Args:
+      boxes, scores, iou_threshold, max_output_size, valid: as in :func:`nms`.
+      tile_size: static ``T``, boxes suppressed together (clipped to ``N``).
+      classes: optional ``(N,)`` int groups; boxes suppress only their own group.
+      return_iterations: also return the number of loop iterations (benchmarks).
+    Returns:
+      ``indices (K,) int32`` and ``valid (K,) bool`` (and the iteration count).
+    """
+    boxes, scores = jnp.asarray(boxes, jnp.float32), jnp.asarray(scores, jnp.float32)
+    _check_inputs(boxes, scores, max_output_size, valid)
+    if isinstance(tile_size, bool) or not isinstance(tile_size, int | np.integer) or (
+        tile_size <= 0
+    ):
+        raise ValueError(f"tile_size must be a positive Python int; got {tile_size!r}")
+    candidate = jnp.ones(scores.shape, bool) if valid is None else jnp.asarray(valid, bool)
+    groups = jnp.zeros(scores.shape, jnp.int32) if classes is None else (
+        _check_classes(classes, scores).astype(jnp.int32))
+    indices, keep, iterations = _tiled_nms(boxes, scores, groups, candidate, iou_threshold,
+                                           max_output_size, int(tile_size))
+    return (indices, keep, iterations) if return_iterations else (indices, keep)
+
+
+def _check_classes(classes, scores):
+    classes = jnp.asarray(classes)
+    if classes.shape != scores.shape or not jnp.issubdtype(classes.dtype, jnp.integer):
+        raise ValueError(
+            f"classes must be integers of shape (N,) = {scores.shape}; got {classes.shape} "
+            f"({classes.dtype})"
+        )
+    return classes
+
+
+def nms(boxes, scores, iou_threshold, max_output_size, valid=None, algorithm="greedy"):
     """Greedy NMS with a fixed-size result.
 
     Args:
@@ -76,12 +184,16 @@ def nms(boxes, scores, iou_threshold, max_output_size, valid=None):
       iou_threshold: a box is suppressed when its IoU with a kept box is ``> iou_threshold``.
       max_output_size: static int ``K``, the length of the result.
       valid: optional ``(N,)`` bool; boxes marked False are never kept (padding).
+      algorithm: ``"greedy"`` (one loop trip per kept box), ``"tiled"`` (:func:`nms_tiled`,
+        the same result) or ``"auto"`` (greedy on CPU, tiled on GPU/TPU).
     Returns:
       ``indices (K,) int32`` into ``boxes`` in descending score order, 0 where padded, and
       ``valid (K,) bool``. The valid indices equal ``torchvision.ops.nms(...)[:K]``.
 
     Taught in notebooks/03_nms.
     """
+    if _use_tiled(algorithm):
+        return nms_tiled(boxes, scores, iou_threshold, max_output_size, valid)
     boxes, scores = jnp.asarray(boxes, jnp.float32), jnp.asarray(scores, jnp.float32)
     _check_inputs(boxes, scores, max_output_size, valid)
     candidate = jnp.ones(scores.shape, bool) if valid is None else jnp.asarray(valid, bool)
@@ -89,23 +201,21 @@ def nms(boxes, scores, iou_threshold, max_output_size, valid=None):
     return _greedy_nms(boxes, scores, groups, candidate, iou_threshold, max_output_size)
 
 
-def batched_nms(boxes, scores, classes, iou_threshold, max_output_size, valid=None):
+def batched_nms(boxes, scores, classes, iou_threshold, max_output_size, valid=None,
+                algorithm="greedy"):
     """Per-class NMS: boxes suppress only boxes of the same class (``torchvision batched_nms``).
 
     Args:
       boxes: ``(N, 4)``; scores: ``(N,)``; classes: ``(N,)`` integer class or group ids.
-      iou_threshold, max_output_size, valid: as in :func:`nms`.
+      iou_threshold, max_output_size, valid, algorithm: as in :func:`nms`.
     Returns:
       ``indices (K,)`` and ``valid (K,)`` in descending score order over all classes.
     """
+    if _use_tiled(algorithm):
+        return nms_tiled(boxes, scores, iou_threshold, max_output_size, valid, classes=classes)
     boxes, scores = jnp.asarray(boxes, jnp.float32), jnp.asarray(scores, jnp.float32)
     _check_inputs(boxes, scores, max_output_size, valid)
-    classes = jnp.asarray(classes)
-    if classes.shape != scores.shape or not jnp.issubdtype(classes.dtype, jnp.integer):
-        raise ValueError(
-            f"classes must be integers of shape (N,) = {scores.shape}; got {classes.shape} "
-            f"({classes.dtype})"
-        )
+    classes = _check_classes(classes, scores)
     candidate = jnp.ones(scores.shape, bool) if valid is None else jnp.asarray(valid, bool)
     return _greedy_nms(
         boxes, scores, classes.astype(jnp.int32), candidate, iou_threshold, max_output_size
