@@ -588,6 +588,82 @@ try:
 except NotImplementedError:
     print("not attempted yet")
 
+# ### Core exercises
+#
+# Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
+# example, random inputs against the package, named edge cases, a run under `jax.jit` (and
+# gradients where the stage is differentiated). A check prints "correct", or "not attempted"
+# while your function raises `NotImplementedError`, or raises an `AssertionError` that names the
+# case, the inputs, expected and got, the largest error and, for a common mistake, a hint. Your
+# function takes the same arguments as the package's, so any correct version passes.
+#
+# **Core exercise A: IoU.** Write `my_box_iou(boxes1 (N, 4), boxes2 (M, 4)) -> (N, M)` for xyxy
+# boxes, with 0 (never NaN) where the union is empty.
+
+# %%
+import jax.numpy as jnp
+
+from mrcnn_jax.course import check_box_iou, check_decode_boxes, check_encode_boxes
+
+
+def my_box_iou(boxes1, boxes2):
+    # BEGIN SOLUTION
+    def area(b):
+        return jnp.maximum(b[:, 2] - b[:, 0], 0) * jnp.maximum(b[:, 3] - b[:, 1], 0)
+
+    top_left = jnp.maximum(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
+    bottom_right = jnp.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (N, M, 2)
+    wh = jnp.maximum(bottom_right - top_left, 0.0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area(boxes1)[:, None] + area(boxes2)[None, :] - inter
+    return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
+    # END SOLUTION
+
+
+check_box_iou(my_box_iou)
+
+# %% [markdown]
+# **Core exercise B: the box coder.** Write `my_encode_boxes(boxes, anchors, weights)` and
+# `my_decode_boxes(deltas, anchors, weights, clip)` with the semantics of
+# `mrcnn_jax.encode_boxes` / `decode_boxes` (torchvision's `BoxCoder`): any leading dimensions,
+# widths floored at `1e-6` when encoding, `dw`, `dh` clamped at `clip` before `exp` when decoding.
+
+# %%
+def my_encode_boxes(boxes, anchors, weights=(1.0, 1.0, 1.0, 1.0)):
+    # BEGIN SOLUTION
+    def centre_size(b):
+        w, h = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
+        return b[..., 0] + 0.5 * w, b[..., 1] + 0.5 * h, jnp.maximum(w, 1e-6), jnp.maximum(h, 1e-6)
+
+    ax, ay, aw, ah = centre_size(jnp.asarray(anchors))
+    gx, gy, gw, gh = centre_size(jnp.asarray(boxes))
+    wx, wy, ww, wh = weights
+    return jnp.stack([wx * (gx - ax) / aw, wy * (gy - ay) / ah,
+                      ww * jnp.log(gw / aw), wh * jnp.log(gh / ah)], axis=-1)
+    # END SOLUTION
+
+
+def my_decode_boxes(deltas, anchors, weights=(1.0, 1.0, 1.0, 1.0), clip=BBOX_XFORM_CLIP):
+    # BEGIN SOLUTION
+    anchors = jnp.asarray(anchors)
+    aw, ah = anchors[..., 2] - anchors[..., 0], anchors[..., 3] - anchors[..., 1]
+    ax, ay = anchors[..., 0] + 0.5 * aw, anchors[..., 1] + 0.5 * ah
+    wx, wy, ww, wh = weights
+    cx = deltas[..., 0] / wx * aw + ax
+    cy = deltas[..., 1] / wy * ah + ay
+    w = jnp.exp(jnp.minimum(deltas[..., 2] / ww, clip)) * aw
+    h = jnp.exp(jnp.minimum(deltas[..., 3] / wh, clip)) * ah
+    return jnp.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
+    # END SOLUTION
+
+
+check_encode_boxes(my_encode_boxes)
+check_decode_boxes(my_decode_boxes)
+
+
+# %% [markdown]
+# ### Extension exercises
+#
 # %% [markdown]
 # **Exercise 2: COCO boxes.** COCO annotations store boxes as `[x, y, width, height]` (top-left
 # corner and size). Write `my_xywh_to_xyxy(boxes (..., 4)) -> (..., 4)` and use it to compute the

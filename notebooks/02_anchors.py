@@ -450,6 +450,47 @@ except NotImplementedError:
 # (`x = (j + 0.5) · stride_x`), same order as `generate_anchors`.
 
 # %%
+# ### Core exercises
+#
+# Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
+# example, random inputs against the package, named edge cases, a run under `jax.jit` (and
+# gradients where the stage is differentiated). A check prints "correct", or "not attempted"
+# while your function raises `NotImplementedError`, or raises an `AssertionError` that names the
+# case, the inputs, expected and got, the largest error and, for a common mistake, a hint. Your
+# function takes the same arguments as the package's, so any correct version passes.
+#
+# **Core exercise A: the anchors of one level.** Write `my_level_anchors(image_size (H, W),
+# feature_size (h, w), sizes, aspect_ratios) -> (h * w * R * S, 4)` with torchvision's values and
+# order: cell anchors ratio-major then size (`h = s * sqrt(r)`, `w = s / sqrt(r)`, centred on 0,
+# rounded), shifted by `(j * stride_x, i * stride_y)` with `stride = image_size // feature_size`,
+# positions row by row. (Plain numpy is fine: every argument is a static Python value.)
+
+# %%
+from mrcnn_jax.course import check_level_anchors
+
+
+def my_level_anchors(image_size, feature_size, sizes, aspect_ratios):
+    # BEGIN SOLUTION
+    ratios = np.asarray(aspect_ratios, np.float32)[:, None]  # (R, 1)
+    scales = np.asarray(sizes, np.float32)[None, :]  # (1, S)
+    ws = (scales / np.sqrt(ratios)).reshape(-1)  # (R * S,) ratio-major
+    hs = (scales * np.sqrt(ratios)).reshape(-1)
+    cells = np.round(np.stack([-ws, -hs, ws, hs], axis=1) / 2)  # (R * S, 4)
+    stride_y = image_size[0] // feature_size[0]
+    stride_x = image_size[1] // feature_size[1]
+    ys, xs = np.meshgrid(np.arange(feature_size[0]) * stride_y,
+                         np.arange(feature_size[1]) * stride_x, indexing="ij")
+    shifts = np.stack([xs, ys, xs, ys], axis=-1).reshape(-1, 1, 4)  # (h * w, 1, 4)
+    return (shifts + cells[None]).reshape(-1, 4).astype(np.float32)
+    # END SOLUTION
+
+
+check_level_anchors(my_level_anchors)
+
+
+# %% [markdown]
+# ### Extension exercises
+#
 def check_centred_anchors(fn):
     for size in [(256, 256), (800, 1056)]:
         fs = fpn_feature_sizes(size)

@@ -821,6 +821,105 @@ def check_axis_positions(fn):
     got = np.asarray(fn(20.0, 52.0, 2, 2, 1 / 8, False), np.float64)
     assert got.shape == (2, 2), f"expected shape (out_size, sampling_ratio) = (2, 2), got {got.shape}"
     np.testing.assert_allclose(got, [[3.0, 4.0], [5.0, 6.0]], rtol=1e-6, err_msg="[20, 52] at 1/8, aligned=False")
+# ### Core exercises
+#
+# Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
+# example, random inputs against the package, named edge cases, a run under `jax.jit` (and
+# gradients where the stage is differentiated). A check prints "correct", or "not attempted"
+# while your function raises `NotImplementedError`, or raises an `AssertionError` that names the
+# case, the inputs, expected and got, the largest error and, for a common mistake, a hint. Your
+# function takes the same arguments as the package's, so any correct version passes.
+#
+# **Core exercise A: bilinear sampling with torchvision's border rules.** Write
+# `my_bilinear(features (H, W, C), y (P,), x (P,)) -> (P, C)`: cell `i` sits at coordinate `i`; a
+# point with `y < -1` or `y > H` (or the same in x) reads 0; otherwise clamp `y`, `x` at 0, and a
+# point at or beyond the last cell (`floor(y) >= H - 1`) reads the last cell.
+
+# %%
+from mrcnn_jax.course import check_bilinear, check_map_levels, check_roi_align
+
+
+def my_bilinear(features, y, x):
+    # BEGIN SOLUTION
+    height, width = features.shape[:2]
+    outside = (y < -1) | (y > height) | (x < -1) | (x > width)  # (P,)
+
+    def axis(pos, size):
+        pos = jnp.maximum(pos, 0.0)
+        low = jnp.floor(pos)
+        edge = low >= size - 1
+        low = jnp.where(edge, size - 1, low)
+        high = jnp.where(edge, low, low + 1)
+        frac = jnp.where(edge, 0.0, pos - low)
+        return low.astype(jnp.int32), high.astype(jnp.int32), frac
+
+    y0, y1, ly = axis(y, height)
+    x0, x1, lx = axis(x, width)
+    value = (((1 - ly) * (1 - lx))[:, None] * features[y0, x0]
+             + ((1 - ly) * lx)[:, None] * features[y0, x1]
+             + (ly * (1 - lx))[:, None] * features[y1, x0]
+             + (ly * lx)[:, None] * features[y1, x1])  # (P, C)
+    return jnp.where(outside[:, None], 0.0, value)
+    # END SOLUTION
+
+
+check_bilinear(my_bilinear)
+
+# %% [markdown]
+# **Core exercise B: RoIAlign on one level, both `aligned` modes.** Write `my_roi_align(features
+# (N, H, W, C), boxes (R, 4), batch_indices (R,), output_size, spatial_scale, sampling_ratio,
+# aligned) -> (R, oh, ow, C)` with the semantics of `mrcnn_jax.roi_align` (use your
+# `my_bilinear`): scale the box, shift it by -0.5 when `aligned`, otherwise make it at least 1 x 1,
+# average `sampling_ratio x sampling_ratio` regularly spaced samples per bin.
+
+# %%
+def my_roi_align(features, boxes, batch_indices, output_size=(7, 7), spatial_scale=1.0,
+                 sampling_ratio=2, aligned=False):
+    # BEGIN SOLUTION
+    out_h, out_w = output_size
+    s = sampling_ratio
+    features = jnp.asarray(features)
+
+    def one_box(box, image):
+        x1, y1, x2, y2 = box * spatial_scale - (0.5 if aligned else 0.0)
+        w, h = x2 - x1, y2 - y1
+        if not aligned:  # a Python bool, so a Python `if` is fine
+            w, h = jnp.maximum(w, 1.0), jnp.maximum(h, 1.0)
+        offsets = (jnp.arange(s) + 0.5) / s  # (s,)
+        ys = y1 + (jnp.arange(out_h)[:, None] + offsets[None, :]) * h / out_h  # (oh, s)
+        xs = x1 + (jnp.arange(out_w)[:, None] + offsets[None, :]) * w / out_w  # (ow, s)
+        yy = jnp.broadcast_to(ys[:, :, None, None], (out_h, s, out_w, s)).reshape(-1)
+        xx = jnp.broadcast_to(xs[None, None], (out_h, s, out_w, s)).reshape(-1)
+        samples = my_bilinear(features[image], yy, xx).reshape(out_h, s, out_w, s, -1)
+        return samples.mean(axis=(1, 3))  # (oh, ow, C)
+
+    return jax.vmap(one_box)(jnp.asarray(boxes), jnp.asarray(batch_indices))
+    # END SOLUTION
+
+
+check_roi_align(my_roi_align)
+
+# %% [markdown]
+# **Core exercise C: the FPN level mapper.** Write `my_map_levels(boxes (R, 4), k_min=2, k_max=5)
+# -> (R,) int32`: `floor(4 + log2(sqrt(area) / 224) + 1e-6)` clamped to `[k_min, k_max]`, counted
+# from `k_min` (0 means P2).
+
+# %%
+def my_map_levels(boxes, k_min=2, k_max=5):
+    # BEGIN SOLUTION
+    size = jnp.sqrt(jnp.maximum(boxes[:, 2] - boxes[:, 0], 0)
+                    * jnp.maximum(boxes[:, 3] - boxes[:, 1], 0))  # (R,)
+    level = jnp.floor(4 + jnp.log2(size / 224) + 1e-6)
+    return (jnp.clip(level, k_min, k_max) - k_min).astype(jnp.int32)
+    # END SOLUTION
+
+
+check_map_levels(my_map_levels)
+
+
+# %% [markdown]
+# ### Extension exercises
+#
     np.testing.assert_allclose(np.asarray(fn(20.0, 52.0, 2, 2, 1 / 8, True)), [[2.5, 3.5], [4.5, 5.5]], rtol=1e-6,
                                err_msg="aligned=True shifts by -0.5")
     np.testing.assert_allclose(np.asarray(fn(20.0, 24.0, 2, 2, 1 / 8, False)), [[2.625, 2.875], [3.125, 3.375]],

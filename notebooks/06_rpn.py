@@ -637,7 +637,9 @@ except NotImplementedError:
 # %% [markdown]
 # **Exercise 3: detectron2's RPN box loss.** detectron2 uses plain L1 (`beta = 0`) for the RPN box
 # loss. Write `my_rpn_box_loss(pred_deltas (A, 4), target_deltas (A, 4), positive (A,), sampled
-# (A,), beta)` that handles `beta = 0` too, normalised like torchvision's.
+# (A,), beta)` that handles `beta = 0` too, normalised like torchvision's. The check also takes
+# its gradient: with `beta = 0`, the unused branch `0.5 * x**2 / beta` of a `jnp.where` still
+# sends NaN into the gradient.
 
 # %%
 def check_rpn_box_loss(fn):
@@ -673,6 +675,71 @@ def check_recall(fn):
     assert abs(float(fn(props, jnp.array([True, False, True]), gt, 0.5)) - 0.5) < 1e-6, "invalid proposals do not count"
     assert abs(float(fn(props, jnp.array([True, True, True]), gt, 0.95)) - 0.5) < 1e-6, "IoU 0.9 < 0.95"
     assert abs(float(fn(prop_boxes, prop_valid, gt_boxes[:n], 0.5)) - recall(prop_boxes, prop_valid)) < 1e-6
+# ### Core exercises
+#
+# Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
+# example, random inputs against the package, named edge cases, a run under `jax.jit` (and
+# gradients where the stage is differentiated). A check prints "correct", or "not attempted"
+# while your function raises `NotImplementedError`, or raises an `AssertionError` that names the
+# case, the inputs, expected and got, the largest error and, for a common mistake, a hint. Your
+# function takes the same arguments as the package's, so any correct version passes.
+#
+# **Core exercise A: anchor labels by IoU matching.** Write `my_match(iou (G, P), gt_valid (G,),
+# high, low, allow_low_quality) -> (P,) int32` as `mrcnn_jax.matcher.match`: the best ground
+# truth's index where its IoU is `>= high`, `-1` (background) below `low`, `-2` (ignored) in
+# between; with `allow_low_quality`, every anchor tied at some ground truth's best IoU keeps its
+# match; padded ground truth (`gt_valid` False) never matches.
+
+# %%
+import jax
+import jax.numpy as jnp
+
+from mrcnn_jax.course import check_match, check_sample_balanced
+
+
+def my_match(iou, gt_valid, high, low, allow_low_quality):
+    # BEGIN SOLUTION
+    iou = jnp.where(gt_valid[:, None], iou, -1.0)  # (G, P) padding never wins
+    best, best_gt = iou.max(axis=0), iou.argmax(axis=0)  # (P,)
+    matches = jnp.where(best >= high, best_gt, jnp.where(best >= low, -2, -1))
+    if allow_low_quality:  # a Python bool
+        tied = (iou == iou.max(axis=1, keepdims=True)) & gt_valid[:, None]  # (G, P)
+        matches = jnp.where(tied.any(axis=0), best_gt, matches)
+    return matches.astype(jnp.int32)
+    # END SOLUTION
+
+
+check_match(my_match)
+
+# %% [markdown]
+# **Core exercise B: the balanced sampler.** Write `my_sample_balanced(key, labels (P,),
+# num_samples, positive_fraction) -> (positive (P,) bool, negative (P,) bool)`: at most
+# `int(num_samples * positive_fraction)` random positives (label 1), the rest random negatives
+# (label 0), never an ignored one (-1); static shapes, randomness only from `key`.
+
+# %%
+def my_sample_balanced(key, labels, num_samples, positive_fraction):
+    # BEGIN SOLUTION
+    pos_key, neg_key = jax.random.split(key)
+    positive, negative = labels == 1, labels == 0
+    num_pos = jnp.minimum(positive.sum(), int(num_samples * positive_fraction))
+    num_neg = jnp.minimum(negative.sum(), num_samples - num_pos)
+
+    def take(k, eligible, count):
+        priority = jnp.where(eligible, jax.random.uniform(k, eligible.shape), -1.0)
+        rank = jnp.argsort(jnp.argsort(-priority))  # 0 for the highest priority
+        return eligible & (rank < count)
+
+    return take(pos_key, positive, num_pos), take(neg_key, negative, num_neg)
+    # END SOLUTION
+
+
+check_sample_balanced(my_sample_balanced)
+
+
+# %% [markdown]
+# ### Extension exercises
+#
 
 
 def my_recall(proposals, valid, gt, threshold):
@@ -684,3 +751,13 @@ try:
     print("correct!")
 except NotImplementedError:
     print("not attempted yet")
+    for beta in (1 / 9, 0.0):
+        grad = np.asarray(jax.grad(lambda d: fn(d, targets["deltas"], targets["positive"], targets["sampled"], beta))(
+            deltas_pred[0]))
+        single = {key: value[None] for key, value in targets.items()}
+        expected = np.asarray(jax.grad(lambda d: rpn_losses(logits[:1], d[None], single, beta)["rpn_box"])(
+            deltas_pred[0]))
+        assert np.all(np.isfinite(grad)), (
+            f"beta={beta}: NaN in the gradient; jnp.where differentiates both branches, so handle "
+            "beta == 0 (a Python number) with a plain `if`")
+        np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6, err_msg=f"gradient, beta={beta}")

@@ -610,6 +610,52 @@ except NotImplementedError:
 # %%
 def check_smooth_l1(fn):
     x = np.linspace(-2, 2, 81).astype(np.float32)
+# ### Core exercises
+#
+# Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
+# example, random inputs against the package, named edge cases, a run under `jax.jit` (and
+# gradients where the stage is differentiated). A check prints "correct", or "not attempted"
+# while your function raises `NotImplementedError`, or raises an `AssertionError` that names the
+# case, the inputs, expected and got, the largest error and, for a common mistake, a hint. Your
+# function takes the same arguments as the package's, so any correct version passes.
+#
+# **Core exercise A: mask targets.** Write `my_mask_targets(gt_masks (B, G, Hm, Wm), gt_boxes
+# (B, G, 4), rois (B, R, 4), matched_gt (B, R), image_size, mask_size, sampling_ratio,
+# binary=False, aligned=False) -> (B, R, M, M)` as `mrcnn_jax.roi_heads.mask_targets`: each RoI's
+# *matched* ground-truth mask cut out at `M x M` with `mrcnn_jax.roi_align`. Full-image masks
+# (`(Hm, Wm) == image_size`) are cut at the RoI itself; masks cropped to their ground-truth box
+# need the RoI in that crop's coordinates first. Soft targets unless `binary`.
+
+# %%
+from mrcnn_jax.course import check_mask_targets
+
+
+def my_mask_targets(gt_masks, gt_boxes, rois, matched_gt, image_size, mask_size, sampling_ratio,
+                    binary=False, aligned=False):
+    # BEGIN SOLUTION
+    b, g, hm, wm = gt_masks.shape
+    owner = jnp.take_along_axis(gt_boxes, matched_gt[..., None], axis=1)  # (B, R, 4)
+    if (hm, wm) == tuple(image_size):  # full-image masks: the frame is the image
+        frame = jnp.broadcast_to(jnp.array([0.0, 0.0, wm, hm]), owner.shape)
+    else:  # cropped masks: the frame is the ground-truth box
+        frame = owner
+    scale = jnp.array([wm, hm], jnp.float32) / jnp.maximum(frame[..., 2:] - frame[..., :2], 1e-3)
+    local = (rois - jnp.tile(frame[..., :2], 2)) * jnp.tile(scale, 2)  # (B, R, 4) mask pixels
+    which = (jnp.arange(b)[:, None] * g + matched_gt).reshape(-1)  # (B * R,)
+    cut = mrcnn_jax.roi_align(jnp.asarray(gt_masks, jnp.float32).reshape(b * g, hm, wm, 1),
+                              local.reshape(-1, 4), which, (mask_size, mask_size), 1.0,
+                              sampling_ratio, aligned)  # (B * R, M, M, 1)
+    targets = cut.reshape(b, -1, mask_size, mask_size)
+    return (targets >= 0.5).astype(jnp.float32) if binary else targets
+    # END SOLUTION
+
+
+check_mask_targets(my_mask_targets)
+
+
+# %% [markdown]
+# ### Extension exercises
+#
     for beta in (1 / 9, 1.0):
         np.testing.assert_allclose(np.asarray(fn(jnp.asarray(x), beta)), smooth_l1(jnp.asarray(x), beta),
                                    rtol=1e-6, atol=1e-7, err_msg=f"beta = {beta}")

@@ -616,6 +616,105 @@ def ap50(ious):
     raise NotImplementedError
 
 
+# ### Core exercises
+#
+# Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
+# example, random inputs against the package, named edge cases, a run under `jax.jit` (and
+# gradients where the stage is differentiated). A check prints "correct", or "not attempted"
+# while your function raises `NotImplementedError`, or raises an `AssertionError` that names the
+# case, the inputs, expected and got, the largest error and, for a common mistake, a hint. Your
+# function takes the same arguments as the package's, so any correct version passes.
+#
+# **Core exercise A: paste masks, torchvision's rule.** Write `my_paste_masks(masks (D, M, M),
+# boxes (D, 4), image_size) -> (D, H, W)` as `mrcnn_jax.paste_masks`: pad each mask with one zero
+# cell, grow its box by `(M + 2) / M` about the centre, truncate to integers `(x0, y0, x1, y1)`,
+# resize bilinearly (half-pixel centres, `align_corners=False`) to `(y1 - y0 + 1, x1 - x0 + 1)`
+# and write it there, clipped to the image.
+
+# %%
+import jax.numpy as jnp
+
+from mrcnn_jax.course import check_average_precision, check_coco_match, check_paste_masks
+
+
+def my_paste_masks(masks, boxes, image_size):
+    # BEGIN SOLUTION
+    m = masks.shape[1]
+    padded = jnp.pad(masks, ((0, 0), (1, 1), (1, 1)))  # (D, M+2, M+2)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) / 2 * (m + 2) / m
+    grown = jnp.trunc(jnp.concatenate([centre - half, centre + half], axis=1)).astype(jnp.int32)
+
+    def weights(start, end, out_size):  # (D, out_size, M+2) bilinear resize matrix
+        length = jnp.maximum(end - start + 1, 1)
+        pixels = jnp.arange(out_size)
+        u = pixels[None, :] - start[:, None]  # (D, P)
+        inside = (u >= 0) & (pixels[None, :] <= end[:, None])
+        src = jnp.maximum((u + 0.5) * ((m + 2) / length[:, None]) - 0.5, 0.0)
+        low = jnp.floor(src).astype(jnp.int32)
+        frac = src - low
+        high, low = jnp.minimum(low + 1, m + 1), jnp.minimum(low, m + 1)
+        cells = jnp.arange(m + 2)
+        w = ((1 - frac)[..., None] * (cells == low[..., None])
+             + frac[..., None] * (cells == high[..., None]))
+        return jnp.where(inside[..., None], w, 0.0)
+
+    rows = weights(grown[:, 1], grown[:, 3], image_size[0])  # (D, H, M+2)
+    cols = weights(grown[:, 0], grown[:, 2], image_size[1])  # (D, W, M+2)
+    return jnp.einsum("dhi,dij,dwj->dhw", rows, padded, cols,
+                      precision=jax.lax.Precision.HIGHEST)
+    # END SOLUTION
+
+
+check_paste_masks(my_paste_masks)
+
+# %% [markdown]
+# **Core exercise B: COCO matching (not VOC's).** Write `my_coco_match(ious (D, G),
+# iou_threshold) -> tp (D,) bool`: detections come in descending score order; each takes the
+# ground truth with the highest IoU among those *still free* with IoU >= the threshold (ties: the
+# later one), which is then taken. VOC-style matching (take the best ground truth; if it is
+# already taken, a false positive) gives a different answer: the check knows the difference.
+
+# %%
+def my_coco_match(ious, iou_threshold):
+    # BEGIN SOLUTION
+    taken = np.zeros(ious.shape[1], bool)
+    tp = np.zeros(ious.shape[0], bool)
+    for d in range(ious.shape[0]):
+        best, best_iou = -1, iou_threshold
+        for g in range(ious.shape[1]):
+            if not taken[g] and ious[d, g] >= best_iou:  # >= keeps the later one on ties
+                best, best_iou = g, ious[d, g]
+        if best >= 0:
+            taken[best] = tp[d] = True
+    return tp
+    # END SOLUTION
+
+
+check_coco_match(my_coco_match)
+
+# %% [markdown]
+# **Core exercise C: AP from a precision-recall curve, COCO's 101-point rule.** Write
+# `my_average_precision(recall (N,), precision (N,)) -> float` for one ranked list: make precision
+# non-increasing from the right, read it at recall levels 0, 0.01, ..., 1 at the first rank whose
+# recall reaches the level (0 if none does), and average the 101 values.
+
+# %%
+def my_average_precision(recall, precision):
+    # BEGIN SOLUTION
+    interpolated = np.maximum.accumulate(np.asarray(precision)[::-1])[::-1]
+    index = np.searchsorted(recall, np.linspace(0, 1, 101), side="left")  # first rank >= level
+    reached = index < len(recall)
+    return float(np.sum(interpolated[index[reached]]) / 101)
+    # END SOLUTION
+
+
+check_average_precision(my_average_precision)
+
+
+# %% [markdown]
+# ### Extension exercises
+#
 try:
     check_ap50(ap50)
     print("correct!")
@@ -646,3 +745,8 @@ try:
     print("correct!")
 except NotImplementedError:
     print("not attempted yet")
+    got = fn(np.array([[0.7, 0.0], [0.9, 0.6]]))
+    assert abs(got - 1.0) < 1e-12, (
+        f"expected AP 1.0, got {got}: object 0 is taken by the first detection, so the second takes "
+        "the best *free* object (object 1, IoU 0.6) as COCO does; VOC-style matching (best object "
+        "or nothing) would make it a false positive")
