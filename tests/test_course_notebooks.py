@@ -2,13 +2,14 @@
 solution markers pair up, and the student edition written from them leaks no solution line.
 (Running the notebooks is test_notebooks.py's job; this file only reads them.)"""
 
+import os
 import pathlib
 import re
 
 import jupytext
 import pytest
 
-from mrcnn_jax.course import CHECKS, student_edition
+from mrcnn_jax.course import CHECKS, grade, student_edition
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TWINS = sorted((ROOT / "notebooks").glob("[0-9][0-9]*_*.py"))
@@ -44,3 +45,15 @@ def test_student_edition_leaks_no_solution_line(twin, tmp_path):
     assert not secret & ipynb_lines
     # each check call of the teacher source is still there for the student
     assert re.findall(r"\bcheck_\w+\(", teacher) == re.findall(r"\bcheck_\w+\(", student)
+
+
+@pytest.mark.skipif(not os.environ.get("MRCNN_COURSE_RUN_STUDENT"),
+                    reason="runs whole notebooks (minutes each): set MRCNN_COURSE_RUN_STUDENT=1")
+@pytest.mark.parametrize("twin", WITH_SOLUTIONS, ids=lambda p: p.stem)
+def test_student_edition_runs_with_every_exercise_not_attempted(twin, tmp_path):
+    ipynb = student_edition.write_student_edition(twin, tmp_path / "student")[1]
+    # run in notebooks/, as the teacher edition runs, in case a notebook reads files beside it
+    report = grade.grade_notebook(ipynb, workdir=twin.parent)
+    statuses = {e["exercise"]: e["status"] for e in report["exercises"]}
+    assert statuses and set(statuses.values()) == {"not attempted"}, statuses
+    assert report["error"] is None, report["error"]

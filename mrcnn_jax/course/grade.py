@@ -54,9 +54,9 @@ def _first_error(notebook):
     return None
 
 
-def run_notebook(path, timeout=600, fast=True, kernel_name="python3"):
-    """Execute the notebook at ``path`` (in its own folder) and return its recorded results:
-    ``(records, executed_notebook)``, records in the order they were written."""
+def run_notebook(path, timeout=600, fast=True, kernel_name="python3", workdir=None):
+    """Execute the notebook at ``path`` (in ``workdir``, by default its own folder) and return
+    its recorded results: ``(records, executed_notebook)``, records in the order written."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -71,7 +71,7 @@ def run_notebook(path, timeout=600, fast=True, kernel_name="python3"):
         try:
             client = NotebookClient(notebook, timeout=timeout, kernel_name=kernel_name,
                                     allow_errors=True,
-                                    resources={"metadata": {"path": str(path.parent)}})
+                                    resources={"metadata": {"path": str(workdir or path.parent)}})
             client.execute()
         finally:
             for name, value in previous.items():
@@ -83,7 +83,7 @@ def run_notebook(path, timeout=600, fast=True, kernel_name="python3"):
     return [json.loads(line) for line in lines if line.strip()], notebook
 
 
-def grade_notebook(path, timeout=600, fast=True, kernel_name="python3"):
+def grade_notebook(path, timeout=600, fast=True, kernel_name="python3", workdir=None):
     """Grade one notebook: a dict with ``notebook``, ``exercises`` (list of ``exercise``,
     ``status``, ``message``), ``correct``, ``total``, ``score`` and ``error`` (the first cell
     error, or None)."""
@@ -91,7 +91,7 @@ def grade_notebook(path, timeout=600, fast=True, kernel_name="python3"):
 
     path = pathlib.Path(path)
     expected = expected_exercises(nbformat.read(str(path), as_version=4))
-    records, executed = run_notebook(path, timeout, fast, kernel_name)
+    records, executed = run_notebook(path, timeout, fast, kernel_name, workdir)
     latest = {}
     for item in records:  # the last call of a check wins (a student may re-run it)
         latest[item["exercise"]] = item
