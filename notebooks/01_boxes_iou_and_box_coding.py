@@ -559,35 +559,6 @@ else:
 # Each exercise has a stub that raises `NotImplementedError` and a check that runs when you
 # replace it. A wrong answer raises an `AssertionError` that says what was expected.
 #
-# **Exercise 1: generalised IoU.** GIoU (Rezatofighi et al. 2019) is `IoU - (C - U) / C`, where
-# `C` is the area of the smallest box enclosing both boxes and `U` their union. It is negative
-# for far-apart boxes, so it still says *how* far. Write `my_giou(boxes1 (N, 4), boxes2 (M, 4))
-# -> (N, M)` for proper (non-degenerate) boxes.
-
-# %%
-def check_giou(fn):
-    a = jnp.array([[20.0, 20.0, 60.0, 60.0]])
-    b = jnp.array([[40.0, 40.0, 80.0, 80.0], [20.0, 20.0, 60.0, 60.0], [100.0, 20.0, 140.0, 60.0]])
-    got = np.asarray(fn(a, b))
-    assert got.shape == (1, 3), f"expected shape (1, 3) for 1 x 3 boxes, got {got.shape}"
-    expected = [1 / 7 - 800 / 3600, 1.0, 0.0 - (4800 - 3200) / 4800]  # hand-computed
-    np.testing.assert_allclose(got[0], expected, rtol=1e-5, err_msg="GIoU of the hand-checked boxes")
-    g = np.asarray(fn(rand1[:20], rand2[:10]))
-    iou = np.asarray(mrcnn_jax.box_iou(rand1[:20], rand2[:10]))
-    assert g.shape == (20, 10), f"expected shape (20, 10), got {g.shape}"
-    assert np.all(g <= iou + 1e-6) and np.all(g >= -1 - 1e-6), "GIoU must lie in [-1, IoU]"
-
-
-def my_giou(boxes1, boxes2):
-    raise NotImplementedError
-
-
-try:
-    check_giou(my_giou)
-    print("correct!")
-except NotImplementedError:
-    print("not attempted yet")
-
 # ### Core exercises
 #
 # Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
@@ -664,6 +635,35 @@ check_decode_boxes(my_decode_boxes)
 # %% [markdown]
 # ### Extension exercises
 #
+# **Exercise 1: generalised IoU.** GIoU (Rezatofighi et al. 2019) is `IoU - (C - U) / C`, where
+# `C` is the area of the smallest box enclosing both boxes and `U` their union. It is negative
+# for far-apart boxes, so it still says *how* far. Write `my_giou(boxes1 (N, 4), boxes2 (M, 4))
+# -> (N, M)` for proper (non-degenerate) boxes.
+
+# %%
+def check_giou(fn):
+    a = jnp.array([[20.0, 20.0, 60.0, 60.0]])
+    b = jnp.array([[40.0, 40.0, 80.0, 80.0], [20.0, 20.0, 60.0, 60.0], [100.0, 20.0, 140.0, 60.0]])
+    got = np.asarray(fn(a, b))
+    assert got.shape == (1, 3), f"expected shape (1, 3) for 1 x 3 boxes, got {got.shape}"
+    expected = [1 / 7 - 800 / 3600, 1.0, 0.0 - (4800 - 3200) / 4800]  # hand-computed
+    np.testing.assert_allclose(got[0], expected, rtol=1e-5, err_msg="GIoU of the hand-checked boxes")
+    g = np.asarray(fn(rand1[:20], rand2[:10]))
+    iou = np.asarray(mrcnn_jax.box_iou(rand1[:20], rand2[:10]))
+    assert g.shape == (20, 10), f"expected shape (20, 10), got {g.shape}"
+    assert np.all(g <= iou + 1e-6) and np.all(g >= -1 - 1e-6), "GIoU must lie in [-1, IoU]"
+
+
+def my_giou(boxes1, boxes2):
+    raise NotImplementedError
+
+
+try:
+    check_giou(my_giou)
+    print("correct!")
+except NotImplementedError:
+    print("not attempted yet")
+
 # %% [markdown]
 # **Exercise 2: COCO boxes.** COCO annotations store boxes as `[x, y, width, height]` (top-left
 # corner and size). Write `my_xywh_to_xyxy(boxes (..., 4)) -> (..., 4)` and use it to compute the

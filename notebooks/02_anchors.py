@@ -420,36 +420,6 @@ plt.show()
 # Each exercise has a stub that raises `NotImplementedError` and a check that runs when you
 # replace it. A wrong answer raises an `AssertionError`.
 #
-# **Exercise 1: count the anchors.** Write `my_num_anchors(image_size)` returning the total
-# number of anchors of the default configuration (5 levels, 3 ratios) for an input whose sides
-# are multiples of 32, *without* generating them.
-
-# %%
-def check_num_anchors(fn):
-    for size, expected in [((800, 1056), 211038), ((256, 256), 16368), ((64, 96), 1536)]:
-        got = fn(size)
-        assert int(got) == expected, f"image {size}: expected {expected} anchors, got {got}"
-    got = fn((480, 640))
-    expected = len(mrcnn_jax.generate_anchors((480, 640), fpn_feature_sizes((480, 640))))
-    assert int(got) == expected, f"image (480, 640): expected {expected} anchors, got {got}"
-
-
-def my_num_anchors(image_size):
-    raise NotImplementedError
-
-
-try:
-    check_num_anchors(my_num_anchors)
-    print("correct!")
-except NotImplementedError:
-    print("not attempted yet")
-
-# %% [markdown]
-# **Exercise 2: centred anchors.** Write `my_centred_anchors(image_size, feature_sizes)`: the
-# default anchors with detectron2's `OFFSET = 0.5`, i.e. centred on the cells
-# (`x = (j + 0.5) · stride_x`), same order as `generate_anchors`.
-
-# %%
 # ### Core exercises
 #
 # Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
@@ -491,6 +461,36 @@ check_level_anchors(my_level_anchors)
 # %% [markdown]
 # ### Extension exercises
 #
+# **Exercise 1: count the anchors.** Write `my_num_anchors(image_size)` returning the total
+# number of anchors of the default configuration (5 levels, 3 ratios) for an input whose sides
+# are multiples of 32, *without* generating them.
+
+# %%
+def check_num_anchors(fn):
+    for size, expected in [((800, 1056), 211038), ((256, 256), 16368), ((64, 96), 1536)]:
+        got = fn(size)
+        assert int(got) == expected, f"image {size}: expected {expected} anchors, got {got}"
+    got = fn((480, 640))
+    expected = len(mrcnn_jax.generate_anchors((480, 640), fpn_feature_sizes((480, 640))))
+    assert int(got) == expected, f"image (480, 640): expected {expected} anchors, got {got}"
+
+
+def my_num_anchors(image_size):
+    raise NotImplementedError
+
+
+try:
+    check_num_anchors(my_num_anchors)
+    print("correct!")
+except NotImplementedError:
+    print("not attempted yet")
+
+# %% [markdown]
+# **Exercise 2: centred anchors.** Write `my_centred_anchors(image_size, feature_sizes)`: the
+# default anchors with detectron2's `OFFSET = 0.5`, i.e. centred on the cells
+# (`x = (j + 0.5) · stride_x`), same order as `generate_anchors`.
+
+# %%
 def check_centred_anchors(fn):
     for size in [(256, 256), (800, 1056)]:
         fs = fpn_feature_sizes(size)

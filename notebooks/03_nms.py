@@ -590,6 +590,55 @@ else:
 # Each exercise has a stub that raises `NotImplementedError` and a check that runs when you
 # replace it. A wrong answer raises an `AssertionError` that says what was expected.
 #
+# ### Core exercises
+#
+# Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
+# example, random inputs against the package, named edge cases, a run under `jax.jit` (and
+# gradients where the stage is differentiated). A check prints "correct", or "not attempted"
+# while your function raises `NotImplementedError`, or raises an `AssertionError` that names the
+# case, the inputs, expected and got, the largest error and, for a common mistake, a hint. Your
+# function takes the same arguments as the package's, so any correct version passes.
+#
+# **Core exercise A: fixed-shape greedy NMS.** Write `my_nms(boxes (N, 4), scores (N,),
+# iou_threshold, max_output_size) -> (indices (K,), valid (K,))` with the semantics of
+# `mrcnn_jax.nms`: kept boxes in descending score order (ties: lower index first), a box
+# suppressed when a *kept* box overlaps it with IoU > threshold, `K = max_output_size` slots, and
+# it must run under `jax.jit` (no Python `if` on array values; `jax.lax.fori_loop` or
+# `while_loop`).
+
+# %%
+import jax
+import jax.numpy as jnp
+
+from mrcnn_jax.course import check_nms
+
+
+def my_nms(boxes, scores, iou_threshold, max_output_size):
+    # BEGIN SOLUTION
+    order = jnp.argsort(-scores, stable=True)  # (N,) descending, ties by index
+    iou = mrcnn_jax.box_iou(boxes, boxes)  # (N, N)
+
+    def visit(i, state):
+        alive, keep, count = state
+        box = order[i]
+        take = alive[box] & (count < max_output_size)
+        slot = jnp.minimum(count, max_output_size - 1)
+        keep = jnp.where(take, keep.at[slot].set(box), keep)
+        alive = jnp.where(take, alive & (iou[box] <= iou_threshold), alive)
+        return alive, keep, count + take
+
+    state = (jnp.ones(scores.shape, bool), jnp.zeros(max_output_size, jnp.int32), jnp.int32(0))
+    _, keep, count = jax.lax.fori_loop(0, scores.shape[0], visit, state)
+    return keep, jnp.arange(max_output_size) < count
+    # END SOLUTION
+
+
+check_nms(my_nms)
+
+
+# %% [markdown]
+# ### Extension exercises
+#
 # **Exercise 1: the threshold by hand.** Without running NMS, write down the boxes greedy NMS
 # keeps on the six boxes of section 2 at IoU threshold **0.25** and at **0.7**, as lists of
 # indices in descending score order (use the IoU matrix printed in section 2).
@@ -645,55 +694,6 @@ try:
     print("correct!")
 except NotImplementedError:
     print("not attempted yet")
-# ### Core exercises
-#
-# Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
-# example, random inputs against the package, named edge cases, a run under `jax.jit` (and
-# gradients where the stage is differentiated). A check prints "correct", or "not attempted"
-# while your function raises `NotImplementedError`, or raises an `AssertionError` that names the
-# case, the inputs, expected and got, the largest error and, for a common mistake, a hint. Your
-# function takes the same arguments as the package's, so any correct version passes.
-#
-# **Core exercise A: fixed-shape greedy NMS.** Write `my_nms(boxes (N, 4), scores (N,),
-# iou_threshold, max_output_size) -> (indices (K,), valid (K,))` with the semantics of
-# `mrcnn_jax.nms`: kept boxes in descending score order (ties: lower index first), a box
-# suppressed when a *kept* box overlaps it with IoU > threshold, `K = max_output_size` slots, and
-# it must run under `jax.jit` (no Python `if` on array values; `jax.lax.fori_loop` or
-# `while_loop`).
-
-# %%
-import jax
-import jax.numpy as jnp
-
-from mrcnn_jax.course import check_nms
-
-
-def my_nms(boxes, scores, iou_threshold, max_output_size):
-    # BEGIN SOLUTION
-    order = jnp.argsort(-scores, stable=True)  # (N,) descending, ties by index
-    iou = mrcnn_jax.box_iou(boxes, boxes)  # (N, N)
-
-    def visit(i, state):
-        alive, keep, count = state
-        box = order[i]
-        take = alive[box] & (count < max_output_size)
-        slot = jnp.minimum(count, max_output_size - 1)
-        keep = jnp.where(take, keep.at[slot].set(box), keep)
-        alive = jnp.where(take, alive & (iou[box] <= iou_threshold), alive)
-        return alive, keep, count + take
-
-    state = (jnp.ones(scores.shape, bool), jnp.zeros(max_output_size, jnp.int32), jnp.int32(0))
-    _, keep, count = jax.lax.fori_loop(0, scores.shape[0], visit, state)
-    return keep, jnp.arange(max_output_size) < count
-    # END SOLUTION
-
-
-check_nms(my_nms)
-
-
-# %% [markdown]
-# ### Extension exercises
-#
 
 # %% [markdown]
 # **Exercise 3: Soft-NMS.** Soft-NMS (Bodla et al. 2017) never deletes a box; it lowers the
@@ -715,6 +715,15 @@ def check_soft_nms(fn):
     got = np.asarray(fn(boxes, scores, sigma=0.1), np.float64)
     np.testing.assert_allclose(got, [0.9, 0.8 * np.exp(-2.5), 0.7, 0.6 * np.exp(-2.5)], rtol=1e-5,
                                err_msg="sigma = 0.1 decays more")
+    # Re-ranking: after box 0 decays box 1 (IoU 1/3), box 2 (untouched, 0.8) outscores it and is
+    # picked next, so box 2 decays box 1 again and keeps its own score. A version that sorts
+    # once and visits 0, 1, 2 would let box 1 decay box 2 instead.
+    chain = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [10, 0, 20, 10]], np.float32)
+    decay = np.exp(-(1 / 3) ** 2 / 0.5)
+    got = np.asarray(fn(chain, np.array([0.9, 0.85, 0.8], np.float32), sigma=0.5), np.float64)
+    np.testing.assert_allclose(got, [0.9, 0.85 * decay ** 2, 0.8], rtol=1e-5, err_msg=(
+        "re-rank after every pick: the next box is the highest *current* score, not the next in "
+        "the original order"))
     got = np.asarray(fn(rand_boxes[:50], rand_scores[:50], sigma=0.5))
     assert np.all(got <= rand_scores[:50] + 1e-6), "soft-NMS never raises a score"
     top = int(np.argmax(rand_scores[:50]))
@@ -764,12 +773,3 @@ try:
     print("correct!")
 except NotImplementedError:
     print("not attempted yet")
-    # Re-ranking: after box 0 decays box 1 (IoU 1/3), box 2 (untouched, 0.8) outscores it and is
-    # picked next, so box 2 decays box 1 again and keeps its own score. A version that sorts
-    # once and visits 0, 1, 2 would let box 1 decay box 2 instead.
-    chain = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [10, 0, 20, 10]], np.float32)
-    decay = np.exp(-(1 / 3) ** 2 / 0.5)
-    got = np.asarray(fn(chain, np.array([0.9, 0.85, 0.8], np.float32), sigma=0.5), np.float64)
-    np.testing.assert_allclose(got, [0.9, 0.85 * decay ** 2, 0.8], rtol=1e-5, err_msg=(
-        "re-rank after every pick: the next box is the highest *current* score, not the next in "
-        "the original order"))

@@ -789,38 +789,6 @@ else:
 # Each exercise has a stub that raises `NotImplementedError` and a check that runs when you
 # replace it. A wrong answer raises an `AssertionError` that says what was expected.
 #
-# **Exercise 1: bilinear by hand.** On the 4 x 4 map `f4` of section 2, compute the bilinear
-# value at `(y, x) = (2.5, 0.75)` with pencil and paper (name the four neighbours and their
-# weights), and set `my_value` to it. Do not call `bilinear`.
-
-# %%
-def check_bilinear_value(value):
-    assert isinstance(value, (int, float)), f"expected a number, got {type(value).__name__}"
-    assert abs(value - 2.625) < 1e-6, (
-        f"got {value}: the neighbours are f[2,0]=0, f[2,1]=5, f[3,0]=3, f[3,1]=1; ly = 0.5, lx = 0.75")
-
-
-my_value = None
-
-try:
-    if my_value is None:
-        raise NotImplementedError
-    check_bilinear_value(my_value)
-    print("correct!")
-except NotImplementedError:
-    print("not attempted yet")
-
-# %% [markdown]
-# **Exercise 2: sample positions along one axis.** Write `my_axis_positions(x1, x2, out_size,
-# sampling_ratio, spatial_scale, aligned) -> (out_size, sampling_ratio)` array: the
-# cell-centre coordinates of RoIAlign's samples along one axis for one box (input pixels `x1 <
-# x2`), including `aligned=False`'s at-least-one-cell rule.
-
-# %%
-def check_axis_positions(fn):
-    got = np.asarray(fn(20.0, 52.0, 2, 2, 1 / 8, False), np.float64)
-    assert got.shape == (2, 2), f"expected shape (out_size, sampling_ratio) = (2, 2), got {got.shape}"
-    np.testing.assert_allclose(got, [[3.0, 4.0], [5.0, 6.0]], rtol=1e-6, err_msg="[20, 52] at 1/8, aligned=False")
 # ### Core exercises
 #
 # Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
@@ -920,6 +888,38 @@ check_map_levels(my_map_levels)
 # %% [markdown]
 # ### Extension exercises
 #
+# **Exercise 1: bilinear by hand.** On the 4 x 4 map `f4` of section 2, compute the bilinear
+# value at `(y, x) = (2.5, 0.75)` with pencil and paper (name the four neighbours and their
+# weights), and set `my_value` to it. Do not call `bilinear`.
+
+# %%
+def check_bilinear_value(value):
+    assert isinstance(value, (int, float)), f"expected a number, got {type(value).__name__}"
+    assert abs(value - 2.625) < 1e-6, (
+        f"got {value}: the neighbours are f[2,0]=0, f[2,1]=5, f[3,0]=3, f[3,1]=1; ly = 0.5, lx = 0.75")
+
+
+my_value = None
+
+try:
+    if my_value is None:
+        raise NotImplementedError
+    check_bilinear_value(my_value)
+    print("correct!")
+except NotImplementedError:
+    print("not attempted yet")
+
+# %% [markdown]
+# **Exercise 2: sample positions along one axis.** Write `my_axis_positions(x1, x2, out_size,
+# sampling_ratio, spatial_scale, aligned) -> (out_size, sampling_ratio)` array: the
+# cell-centre coordinates of RoIAlign's samples along one axis for one box (input pixels `x1 <
+# x2`), including `aligned=False`'s at-least-one-cell rule.
+
+# %%
+def check_axis_positions(fn):
+    got = np.asarray(fn(20.0, 52.0, 2, 2, 1 / 8, False), np.float64)
+    assert got.shape == (2, 2), f"expected shape (out_size, sampling_ratio) = (2, 2), got {got.shape}"
+    np.testing.assert_allclose(got, [[3.0, 4.0], [5.0, 6.0]], rtol=1e-6, err_msg="[20, 52] at 1/8, aligned=False")
     np.testing.assert_allclose(np.asarray(fn(20.0, 52.0, 2, 2, 1 / 8, True)), [[2.5, 3.5], [4.5, 5.5]], rtol=1e-6,
                                err_msg="aligned=True shifts by -0.5")
     np.testing.assert_allclose(np.asarray(fn(20.0, 24.0, 2, 2, 1 / 8, False)), [[2.625, 2.875], [3.125, 3.375]],

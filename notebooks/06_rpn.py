@@ -585,96 +585,6 @@ else:
 # Each exercise has a stub that raises `NotImplementedError` and a check that runs when you
 # replace it. A wrong answer raises an `AssertionError` that says what was expected.
 #
-# **Exercise 1: labels from matches.** Write `my_rpn_labels(matches (A,)) -> (A,)` with `1` for a
-# matched anchor (index >= 0), `0` for background (`-1`) and `-1` for ignored (`-2`).
-
-# %%
-def check_rpn_labels(fn):
-    got = np.asarray(fn(jnp.array([0, 3, -1, -2, 1, -1])))
-    np.testing.assert_array_equal(got, [1, 1, 0, -1, 1, 0], err_msg="labels of the hand example")
-    np.testing.assert_array_equal(np.asarray(fn(matches)), labels, err_msg="labels of our image")
-
-
-def my_rpn_labels(matches):
-    raise NotImplementedError
-
-
-try:
-    check_rpn_labels(my_rpn_labels)
-    print("correct!")
-except NotImplementedError:
-    print("not attempted yet")
-
-# %% [markdown]
-# **Exercise 2: where is this anchor?** Write `my_anchor_index(level, y, x, a)`: the flat index
-# into `anchors` (and into the head's flattened outputs) of anchor `a` (0..2) at position
-# `(y, x)` of level `level` (2..6 for P2..P6), for our 128 x 128 image.
-
-# %%
-def check_anchor_index(fn):
-    assert fn(2, 0, 0, 0) == 0, "the first anchor of P2"
-    assert fn(2, 0, 1, 0) == 3, "the next position on P2 is 3 anchors later"
-    assert fn(3, 0, 0, 0) == 3072, "P3 starts after the 32 x 32 x 3 anchors of P2"
-    for level, y, x, a in [(2, 5, 7, 2), (4, 3, 6, 1), (6, 1, 1, 2)]:
-        flat = fn(level, y, x, a)
-        stride = 2**level
-        centre = (anchors[flat, :2] + anchors[flat, 2:]) / 2
-        np.testing.assert_allclose(centre, [x * stride, y * stride], err_msg=f"P{level} ({y}, {x}, {a})")
-        side = anchors[flat, 2:] - anchors[flat, :2]
-        assert (side[1] > side[0]) == (a == 2), f"anchor {a} of P{level}: ratio order is 0.5, 1, 2"
-
-
-def my_anchor_index(level, y, x, a):
-    raise NotImplementedError
-
-
-try:
-    check_anchor_index(my_anchor_index)
-    print("correct!")
-except NotImplementedError:
-    print("not attempted yet")
-
-# %% [markdown]
-# **Exercise 3: detectron2's RPN box loss.** detectron2 uses plain L1 (`beta = 0`) for the RPN box
-# loss. Write `my_rpn_box_loss(pred_deltas (A, 4), target_deltas (A, 4), positive (A,), sampled
-# (A,), beta)` that handles `beta = 0` too, normalised like torchvision's. The check also takes
-# its gradient: with `beta = 0`, the unused branch `0.5 * x**2 / beta` of a `jnp.where` still
-# sends NaN into the gradient.
-
-# %%
-def check_rpn_box_loss(fn):
-    for beta in (1 / 9, 0.0):
-        got = float(fn(deltas_pred[0], targets["deltas"], targets["positive"], targets["sampled"], beta))
-        expected = float(rpn_losses(logits, deltas_pred, batch_targets, beta)["rpn_box"])
-        assert abs(got - expected) < 1e-5 * max(1.0, expected), f"beta={beta}: expected {expected}, got {got}"
-    got = float(fn(jnp.zeros((2, 4)), jnp.ones((2, 4)), jnp.array([True, False]), jnp.array([True, True]), 0.0))
-    assert abs(got - 2.0) < 1e-6, f"one positive off by 1 in each of 4 deltas, 2 sampled: expected 2.0, got {got}"
-
-
-def my_rpn_box_loss(pred_deltas, target_deltas, positive, sampled, beta):
-    raise NotImplementedError
-
-
-try:
-    check_rpn_box_loss(my_rpn_box_loss)
-    print("correct!")
-except NotImplementedError:
-    print("not attempted yet")
-
-# %% [markdown]
-# **Exercise 4: proposal recall.** Write `my_recall(proposals (P, 4), valid (P,), gt (n, 4),
-# threshold)`: the fraction of ground-truth boxes that have at least one valid proposal with
-# IoU >= threshold. It is the number that matters for an RPN: an object without a proposal can
-# never be detected.
-
-# %%
-def check_recall(fn):
-    gt = jnp.array([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
-    props = jnp.array([[0.0, 0.0, 10.0, 9.0], [20.0, 20.0, 30.0, 30.0], [50.0, 50.0, 60.0, 60.0]])
-    assert abs(float(fn(props, jnp.array([True, True, True]), gt, 0.5)) - 1.0) < 1e-6, "both covered"
-    assert abs(float(fn(props, jnp.array([True, False, True]), gt, 0.5)) - 0.5) < 1e-6, "invalid proposals do not count"
-    assert abs(float(fn(props, jnp.array([True, True, True]), gt, 0.95)) - 0.5) < 1e-6, "IoU 0.9 < 0.95"
-    assert abs(float(fn(prop_boxes, prop_valid, gt_boxes[:n], 0.5)) - recall(prop_boxes, prop_valid)) < 1e-6
 # ### Core exercises
 #
 # Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
@@ -740,6 +650,106 @@ check_sample_balanced(my_sample_balanced)
 # %% [markdown]
 # ### Extension exercises
 #
+# **Exercise 1: labels from matches.** Write `my_rpn_labels(matches (A,)) -> (A,)` with `1` for a
+# matched anchor (index >= 0), `0` for background (`-1`) and `-1` for ignored (`-2`).
+
+# %%
+def check_rpn_labels(fn):
+    got = np.asarray(fn(jnp.array([0, 3, -1, -2, 1, -1])))
+    np.testing.assert_array_equal(got, [1, 1, 0, -1, 1, 0], err_msg="labels of the hand example")
+    np.testing.assert_array_equal(np.asarray(fn(matches)), labels, err_msg="labels of our image")
+
+
+def my_rpn_labels(matches):
+    raise NotImplementedError
+
+
+try:
+    check_rpn_labels(my_rpn_labels)
+    print("correct!")
+except NotImplementedError:
+    print("not attempted yet")
+
+# %% [markdown]
+# **Exercise 2: where is this anchor?** Write `my_anchor_index(level, y, x, a)`: the flat index
+# into `anchors` (and into the head's flattened outputs) of anchor `a` (0..2) at position
+# `(y, x)` of level `level` (2..6 for P2..P6), for our 128 x 128 image.
+
+# %%
+def check_anchor_index(fn):
+    assert fn(2, 0, 0, 0) == 0, "the first anchor of P2"
+    assert fn(2, 0, 1, 0) == 3, "the next position on P2 is 3 anchors later"
+    assert fn(3, 0, 0, 0) == 3072, "P3 starts after the 32 x 32 x 3 anchors of P2"
+    for level, y, x, a in [(2, 5, 7, 2), (4, 3, 6, 1), (6, 1, 1, 2)]:
+        flat = fn(level, y, x, a)
+        stride = 2**level
+        centre = (anchors[flat, :2] + anchors[flat, 2:]) / 2
+        np.testing.assert_allclose(centre, [x * stride, y * stride], err_msg=f"P{level} ({y}, {x}, {a})")
+        side = anchors[flat, 2:] - anchors[flat, :2]
+        assert (side[1] > side[0]) == (a == 2), f"anchor {a} of P{level}: ratio order is 0.5, 1, 2"
+
+
+def my_anchor_index(level, y, x, a):
+    raise NotImplementedError
+
+
+try:
+    check_anchor_index(my_anchor_index)
+    print("correct!")
+except NotImplementedError:
+    print("not attempted yet")
+
+# %% [markdown]
+# **Exercise 3: detectron2's RPN box loss.** detectron2 uses plain L1 (`beta = 0`) for the RPN box
+# loss. Write `my_rpn_box_loss(pred_deltas (A, 4), target_deltas (A, 4), positive (A,), sampled
+# (A,), beta)` that handles `beta = 0` too, normalised like torchvision's. The check also takes
+# its gradient: with `beta = 0`, the unused branch `0.5 * x**2 / beta` of a `jnp.where` still
+# sends NaN into the gradient.
+
+# %%
+def check_rpn_box_loss(fn):
+    for beta in (1 / 9, 0.0):
+        got = float(fn(deltas_pred[0], targets["deltas"], targets["positive"], targets["sampled"], beta))
+        expected = float(rpn_losses(logits, deltas_pred, batch_targets, beta)["rpn_box"])
+        assert abs(got - expected) < 1e-5 * max(1.0, expected), f"beta={beta}: expected {expected}, got {got}"
+    got = float(fn(jnp.zeros((2, 4)), jnp.ones((2, 4)), jnp.array([True, False]), jnp.array([True, True]), 0.0))
+    assert abs(got - 2.0) < 1e-6, f"one positive off by 1 in each of 4 deltas, 2 sampled: expected 2.0, got {got}"
+    for beta in (1 / 9, 0.0):
+        grad = np.asarray(jax.grad(lambda d: fn(d, targets["deltas"], targets["positive"], targets["sampled"], beta))(
+            deltas_pred[0]))
+        single = {key: value[None] for key, value in targets.items()}
+        expected = np.asarray(jax.grad(lambda d: rpn_losses(logits[:1], d[None], single, beta)["rpn_box"])(
+            deltas_pred[0]))
+        assert np.all(np.isfinite(grad)), (
+            f"beta={beta}: NaN in the gradient; jnp.where differentiates both branches, so handle "
+            "beta == 0 (a Python number) with a plain `if`")
+        np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6, err_msg=f"gradient, beta={beta}")
+
+
+def my_rpn_box_loss(pred_deltas, target_deltas, positive, sampled, beta):
+    raise NotImplementedError
+
+
+try:
+    check_rpn_box_loss(my_rpn_box_loss)
+    print("correct!")
+except NotImplementedError:
+    print("not attempted yet")
+
+# %% [markdown]
+# **Exercise 4: proposal recall.** Write `my_recall(proposals (P, 4), valid (P,), gt (n, 4),
+# threshold)`: the fraction of ground-truth boxes that have at least one valid proposal with
+# IoU >= threshold. It is the number that matters for an RPN: an object without a proposal can
+# never be detected.
+
+# %%
+def check_recall(fn):
+    gt = jnp.array([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    props = jnp.array([[0.0, 0.0, 10.0, 9.0], [20.0, 20.0, 30.0, 30.0], [50.0, 50.0, 60.0, 60.0]])
+    assert abs(float(fn(props, jnp.array([True, True, True]), gt, 0.5)) - 1.0) < 1e-6, "both covered"
+    assert abs(float(fn(props, jnp.array([True, False, True]), gt, 0.5)) - 0.5) < 1e-6, "invalid proposals do not count"
+    assert abs(float(fn(props, jnp.array([True, True, True]), gt, 0.95)) - 0.5) < 1e-6, "IoU 0.9 < 0.95"
+    assert abs(float(fn(prop_boxes, prop_valid, gt_boxes[:n], 0.5)) - recall(prop_boxes, prop_valid)) < 1e-6
 
 
 def my_recall(proposals, valid, gt, threshold):
@@ -751,13 +761,3 @@ try:
     print("correct!")
 except NotImplementedError:
     print("not attempted yet")
-    for beta in (1 / 9, 0.0):
-        grad = np.asarray(jax.grad(lambda d: fn(d, targets["deltas"], targets["positive"], targets["sampled"], beta))(
-            deltas_pred[0]))
-        single = {key: value[None] for key, value in targets.items()}
-        expected = np.asarray(jax.grad(lambda d: rpn_losses(logits[:1], d[None], single, beta)["rpn_box"])(
-            deltas_pred[0]))
-        assert np.all(np.isfinite(grad)), (
-            f"beta={beta}: NaN in the gradient; jnp.where differentiates both branches, so handle "
-            "beta == 0 (a Python number) with a plain `if`")
-        np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6, err_msg=f"gradient, beta={beta}")

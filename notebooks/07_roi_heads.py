@@ -572,44 +572,6 @@ print({k: float(v) for k, v in box_losses(class_logits, box_deltas, empty, heads
 # Each exercise has a stub that raises `NotImplementedError` and a check that runs when you
 # replace it. A wrong answer raises an `AssertionError` that says what was expected.
 #
-# **Exercise 1: how many positives?** Write `my_sample_counts(num_fg, num_bg, num_samples,
-# positive_fraction) -> (num_pos, num_neg)`: the numbers of positives and negatives the balanced
-# sampler takes. What happens in an image with no objects at all (think of the appended ground
-# truth)?
-
-# %%
-def check_sample_counts(fn):
-    cases = [((3, 2, 8, 0.25), (2, 2)), ((1, 100, 64, 0.25), (1, 63)), ((40, 100, 64, 0.25), (16, 48)),
-             ((40, 10, 64, 0.25), (16, 10)), ((0, 72, 64, 0.25), (0, 64)), ((5, 5, 512, 0.25), (5, 5))]
-    for args, expected in cases:
-        got = tuple(int(v) for v in fn(*args))
-        assert got == expected, f"my_sample_counts{args}: expected {expected}, got {got}"
-    for k in range(3):  # and the package's sampler on random labels
-        labels = np.asarray(jax.random.randint(jax.random.key(k), (200,), -1, 2))
-        pos, negs = mrcnn_jax.sampler.sample_balanced(jax.random.key(k), jnp.asarray(labels), 64, 0.25)
-        got = tuple(int(v) for v in fn(int((labels == 1).sum()), int((labels == 0).sum()), 64, 0.25))
-        assert got == (int(pos.sum()), int(negs.sum())), f"random labels {k}: got {got}"
-
-
-def my_sample_counts(num_fg, num_bg, num_samples, positive_fraction):
-    raise NotImplementedError
-
-
-try:
-    check_sample_counts(my_sample_counts)
-    print("correct!")
-except NotImplementedError:
-    print("not attempted yet")
-
-# %% [markdown]
-# **Exercise 2: smooth-L1.** Write `my_smooth_l1(x, beta)`: `0.5 x² / beta` where `|x| < beta`,
-# else `|x| - 0.5 beta`, and plain `|x|` when `beta = 0`. Then explain why the box head uses a
-# small `beta = 1/9`: where does the loss stop being quadratic, in pixels, for a 40-pixel RoI and
-# `dx` weighted by 10?
-
-# %%
-def check_smooth_l1(fn):
-    x = np.linspace(-2, 2, 81).astype(np.float32)
 # ### Core exercises
 #
 # Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
@@ -656,6 +618,44 @@ check_mask_targets(my_mask_targets)
 # %% [markdown]
 # ### Extension exercises
 #
+# **Exercise 1: how many positives?** Write `my_sample_counts(num_fg, num_bg, num_samples,
+# positive_fraction) -> (num_pos, num_neg)`: the numbers of positives and negatives the balanced
+# sampler takes. What happens in an image with no objects at all (think of the appended ground
+# truth)?
+
+# %%
+def check_sample_counts(fn):
+    cases = [((3, 2, 8, 0.25), (2, 2)), ((1, 100, 64, 0.25), (1, 63)), ((40, 100, 64, 0.25), (16, 48)),
+             ((40, 10, 64, 0.25), (16, 10)), ((0, 72, 64, 0.25), (0, 64)), ((5, 5, 512, 0.25), (5, 5))]
+    for args, expected in cases:
+        got = tuple(int(v) for v in fn(*args))
+        assert got == expected, f"my_sample_counts{args}: expected {expected}, got {got}"
+    for k in range(3):  # and the package's sampler on random labels
+        labels = np.asarray(jax.random.randint(jax.random.key(k), (200,), -1, 2))
+        pos, negs = mrcnn_jax.sampler.sample_balanced(jax.random.key(k), jnp.asarray(labels), 64, 0.25)
+        got = tuple(int(v) for v in fn(int((labels == 1).sum()), int((labels == 0).sum()), 64, 0.25))
+        assert got == (int(pos.sum()), int(negs.sum())), f"random labels {k}: got {got}"
+
+
+def my_sample_counts(num_fg, num_bg, num_samples, positive_fraction):
+    raise NotImplementedError
+
+
+try:
+    check_sample_counts(my_sample_counts)
+    print("correct!")
+except NotImplementedError:
+    print("not attempted yet")
+
+# %% [markdown]
+# **Exercise 2: smooth-L1.** Write `my_smooth_l1(x, beta)`: `0.5 x² / beta` where `|x| < beta`,
+# else `|x| - 0.5 beta`, and plain `|x|` when `beta = 0`. Then explain why the box head uses a
+# small `beta = 1/9`: where does the loss stop being quadratic, in pixels, for a 40-pixel RoI and
+# `dx` weighted by 10?
+
+# %%
+def check_smooth_l1(fn):
+    x = np.linspace(-2, 2, 81).astype(np.float32)
     for beta in (1 / 9, 1.0):
         np.testing.assert_allclose(np.asarray(fn(jnp.asarray(x), beta)), smooth_l1(jnp.asarray(x), beta),
                                    rtol=1e-6, atol=1e-7, err_msg=f"beta = {beta}")

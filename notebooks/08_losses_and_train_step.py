@@ -393,40 +393,6 @@ plt.show()
 # Each exercise has a stub that raises `NotImplementedError` and a check that runs when you
 # replace it. A wrong answer raises an `AssertionError` that says what was expected.
 #
-# **Exercise 1: the learning-rate schedule.** With `total_steps`, `make_optimizer` warms up
-# linearly from `0.001 · lr` to `lr` over `warmup_steps`, then decays along half a cosine to 0 at
-# `total_steps`. Write `my_schedule(step, lr, warmup_steps, total_steps)` in plain Python.
-
-# %%
-def check_schedule(fn):
-    lr, warmup, total = 0.02, 10, 100
-    reference = optax.warmup_cosine_decay_schedule(lr * 0.001, lr, warmup, total)
-    for step in (0, 1, 5, 10, 11, 40, 55, 99, 100):
-        got, expected = float(fn(step, lr, warmup, total)), float(reference(step))
-        assert abs(got - expected) < 1e-7, f"step {step}: expected {expected:.7f}, got {got:.7f}"
-
-
-def my_schedule(step, lr, warmup_steps, total_steps):
-    raise NotImplementedError
-
-
-try:
-    check_schedule(my_schedule)
-    print("correct!")
-except NotImplementedError:
-    print("not attempted yet")
-
-# %% [markdown]
-# **Exercise 2: the optimizer by hand.** Write `my_sgd_step(params, grads, velocity, lr)` for a
-# dict of arrays, returning `(new_params, new_velocity)`: clip the gradients to a global norm of
-# at most 10 (scale all of them by `min(1, 10 / norm)`), add `1e-4 · params`, then
-# `velocity = 0.9 · velocity + g` and `params = params - lr · velocity` (optax's SGD momentum).
-# It must equal `make_optimizer`'s transformation at a constant learning rate.
-
-# %%
-def check_sgd_step(fn):
-    params = {"w": jnp.array([1.0, -2.0, 3.0]), "b": jnp.array([0.5])}
-    tx_ref = optax.chain(optax.clip_by_global_norm(10.0), optax.add_decayed_weights(1e-4),
 # ### Core exercises
 #
 # Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
@@ -499,6 +465,40 @@ check_mask_loss(my_mask_loss)
 # %% [markdown]
 # ### Extension exercises
 #
+# **Exercise 1: the learning-rate schedule.** With `total_steps`, `make_optimizer` warms up
+# linearly from `0.001 · lr` to `lr` over `warmup_steps`, then decays along half a cosine to 0 at
+# `total_steps`. Write `my_schedule(step, lr, warmup_steps, total_steps)` in plain Python.
+
+# %%
+def check_schedule(fn):
+    lr, warmup, total = 0.02, 10, 100
+    reference = optax.warmup_cosine_decay_schedule(lr * 0.001, lr, warmup, total)
+    for step in (0, 1, 5, 10, 11, 40, 55, 99, 100):
+        got, expected = float(fn(step, lr, warmup, total)), float(reference(step))
+        assert abs(got - expected) < 1e-7, f"step {step}: expected {expected:.7f}, got {got:.7f}"
+
+
+def my_schedule(step, lr, warmup_steps, total_steps):
+    raise NotImplementedError
+
+
+try:
+    check_schedule(my_schedule)
+    print("correct!")
+except NotImplementedError:
+    print("not attempted yet")
+
+# %% [markdown]
+# **Exercise 2: the optimizer by hand.** Write `my_sgd_step(params, grads, velocity, lr)` for a
+# dict of arrays, returning `(new_params, new_velocity)`: clip the gradients to a global norm of
+# at most 10 (scale all of them by `min(1, 10 / norm)`), add `1e-4 · params`, then
+# `velocity = 0.9 · velocity + g` and `params = params - lr · velocity` (optax's SGD momentum).
+# It must equal `make_optimizer`'s transformation at a constant learning rate.
+
+# %%
+def check_sgd_step(fn):
+    params = {"w": jnp.array([1.0, -2.0, 3.0]), "b": jnp.array([0.5])}
+    tx_ref = optax.chain(optax.clip_by_global_norm(10.0), optax.add_decayed_weights(1e-4),
                          optax.sgd(0.01, momentum=0.9))
     state = tx_ref.init(params)
     p, v = params, {k: jnp.zeros_like(x) for k, x in params.items()}

@@ -554,68 +554,6 @@ print("detections shown:", [int((out["valid"][j] & (out["scores"][j] >= SHOW)).s
 # Each exercise has a stub that raises `NotImplementedError` and a check that runs when you
 # replace it. A wrong answer raises an `AssertionError` that says what was expected.
 #
-# **Exercise 1: mask IoU.** Write `my_mask_iou(a, b)` for two boolean `(H, W)` masks (0 when both
-# are empty).
-
-# %%
-def check_mask_iou(fn):
-    assert abs(fn(a, b) - 4 / 17) < 1e-12, f"expected 4/17 for a and b, got {fn(a, b)}"
-    assert fn(a, a) == 1.0, "a mask with itself: 1"
-    empty = np.zeros_like(a)
-    assert fn(empty, empty) == 0.0, "two empty masks: 0"
-    assert fn(a, ~a) == 0.0, "disjoint masks: 0"
-
-
-def my_mask_iou(a, b):
-    raise NotImplementedError
-
-
-try:
-    check_mask_iou(my_mask_iou)
-    print("correct!")
-except NotImplementedError:
-    print("not attempted yet")
-
-# %% [markdown]
-# **Exercise 2: decode an RLE.** Write `rle_decode(counts, height, width)` turning uncompressed
-# run lengths (column-major, starting with 0s) back into a boolean mask.
-
-# %%
-def check_rle_decode(fn):
-    np.testing.assert_array_equal(fn([0, 3, 1, 3, 1, 3, 9], 4, 5), a, err_msg="mask a of section 4")
-    np.testing.assert_array_equal(fn(my_rle(b), 4, 5), b, err_msg="mask b of section 4")
-    np.testing.assert_array_equal(fn([6], 2, 3), np.zeros((2, 3), bool), err_msg="all zeros")
-
-
-def rle_decode(counts, height, width):
-    raise NotImplementedError
-
-
-try:
-    check_rle_decode(rle_decode)
-    print("correct!")
-except NotImplementedError:
-    print("not attempted yet")
-
-# %% [markdown]
-# **Exercise 3: AP50 from IoUs.** One image, one category: `ious (D, G)` between detections
-# (already sorted by score) and objects. Write `ap50(ious)` doing greedy matching at IoU ≥ 0.5
-# (each detection takes the best free object) and returning the 101-point interpolated AP (you may
-# call `my_interpolated_ap`).
-
-# %%
-def check_ap50(fn):
-    ious = np.array([[0.9, 0.0], [0.6, 0.1], [0.0, 0.55]])  # the second duplicates the first
-    expected = my_interpolated_ap([True, False, True], 2)
-    assert abs(fn(ious) - expected) < 1e-12, f"expected {expected:.4f}, got {fn(ious)}"
-    assert abs(fn(np.array([[0.4], [0.7]])) - 0.5) < 1e-12, "a miss then a hit: AP 0.5"
-    assert fn(np.array([[0.3, 0.2]])) == 0.0, "no match: AP 0"
-
-
-def ap50(ious):
-    raise NotImplementedError
-
-
 # ### Core exercises
 #
 # Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
@@ -715,6 +653,73 @@ check_average_precision(my_average_precision)
 # %% [markdown]
 # ### Extension exercises
 #
+# **Exercise 1: mask IoU.** Write `my_mask_iou(a, b)` for two boolean `(H, W)` masks (0 when both
+# are empty).
+
+# %%
+def check_mask_iou(fn):
+    assert abs(fn(a, b) - 4 / 17) < 1e-12, f"expected 4/17 for a and b, got {fn(a, b)}"
+    assert fn(a, a) == 1.0, "a mask with itself: 1"
+    empty = np.zeros_like(a)
+    assert fn(empty, empty) == 0.0, "two empty masks: 0"
+    assert fn(a, ~a) == 0.0, "disjoint masks: 0"
+
+
+def my_mask_iou(a, b):
+    raise NotImplementedError
+
+
+try:
+    check_mask_iou(my_mask_iou)
+    print("correct!")
+except NotImplementedError:
+    print("not attempted yet")
+
+# %% [markdown]
+# **Exercise 2: decode an RLE.** Write `rle_decode(counts, height, width)` turning uncompressed
+# run lengths (column-major, starting with 0s) back into a boolean mask.
+
+# %%
+def check_rle_decode(fn):
+    np.testing.assert_array_equal(fn([0, 3, 1, 3, 1, 3, 9], 4, 5), a, err_msg="mask a of section 4")
+    np.testing.assert_array_equal(fn(my_rle(b), 4, 5), b, err_msg="mask b of section 4")
+    np.testing.assert_array_equal(fn([6], 2, 3), np.zeros((2, 3), bool), err_msg="all zeros")
+
+
+def rle_decode(counts, height, width):
+    raise NotImplementedError
+
+
+try:
+    check_rle_decode(rle_decode)
+    print("correct!")
+except NotImplementedError:
+    print("not attempted yet")
+
+# %% [markdown]
+# **Exercise 3: AP50 from IoUs.** One image, one category: `ious (D, G)` between detections
+# (already sorted by score) and objects. Write `ap50(ious)` doing greedy matching at IoU ≥ 0.5
+# (each detection takes the best free object) and returning the 101-point interpolated AP (you may
+# call `my_interpolated_ap`).
+
+# %%
+def check_ap50(fn):
+    ious = np.array([[0.9, 0.0], [0.6, 0.1], [0.0, 0.55]])  # the second duplicates the first
+    expected = my_interpolated_ap([True, False, True], 2)
+    assert abs(fn(ious) - expected) < 1e-12, f"expected {expected:.4f}, got {fn(ious)}"
+    assert abs(fn(np.array([[0.4], [0.7]])) - 0.5) < 1e-12, "a miss then a hit: AP 0.5"
+    assert fn(np.array([[0.3, 0.2]])) == 0.0, "no match: AP 0"
+    got = fn(np.array([[0.7, 0.0], [0.9, 0.6]]))
+    assert abs(got - 1.0) < 1e-12, (
+        f"expected AP 1.0, got {got}: object 0 is taken by the first detection, so the second takes "
+        "the best *free* object (object 1, IoU 0.6) as COCO does; VOC-style matching (best object "
+        "or nothing) would make it a false positive")
+
+
+def ap50(ious):
+    raise NotImplementedError
+
+
 try:
     check_ap50(ap50)
     print("correct!")
@@ -745,8 +750,3 @@ try:
     print("correct!")
 except NotImplementedError:
     print("not attempted yet")
-    got = fn(np.array([[0.7, 0.0], [0.9, 0.6]]))
-    assert abs(got - 1.0) < 1e-12, (
-        f"expected AP 1.0, got {got}: object 0 is taken by the first detection, so the second takes "
-        "the best *free* object (object 1, IoU 0.6) as COCO does; VOC-style matching (best object "
-        "or nothing) would make it a false positive")
