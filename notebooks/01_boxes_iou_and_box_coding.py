@@ -568,7 +568,7 @@ else:
 # case, the inputs, expected and got, the largest error and, for a common mistake, a hint. Your
 # function takes the same arguments as the package's, so any correct version passes.
 #
-# **Core exercise A: IoU.** Write `my_box_iou(boxes1 (N, 4), boxes2 (M, 4)) -> (N, M)` for xyxy
+# **Core exercise A: IoU.** Write `your_box_iou(boxes1 (N, 4), boxes2 (M, 4)) -> (N, M)` for xyxy
 # boxes, with 0 (never NaN) where the union is empty.
 
 # %%
@@ -577,7 +577,7 @@ import jax.numpy as jnp
 from mrcnn_jax.course import check_box_iou, check_decode_boxes, check_encode_boxes
 
 
-def my_box_iou(boxes1, boxes2):
+def your_box_iou(boxes1, boxes2):
     # BEGIN SOLUTION
     def area(b):
         return jnp.maximum(b[:, 2] - b[:, 0], 0) * jnp.maximum(b[:, 3] - b[:, 1], 0)
@@ -591,16 +591,16 @@ def my_box_iou(boxes1, boxes2):
     # END SOLUTION
 
 
-check_box_iou(my_box_iou)
+check_box_iou(your_box_iou)
 
 # %% [markdown]
-# **Core exercise B: the box coder.** Write `my_encode_boxes(boxes, anchors, weights)` and
-# `my_decode_boxes(deltas, anchors, weights, clip)` with the semantics of
+# **Core exercise B: the box coder.** Write `your_encode_boxes(boxes, anchors, weights)` and
+# `your_decode_boxes(deltas, anchors, weights, clip)` with the semantics of
 # `mrcnn_jax.encode_boxes` / `decode_boxes` (torchvision's `BoxCoder`): any leading dimensions,
 # widths floored at `1e-6` when encoding, `dw`, `dh` clamped at `clip` before `exp` when decoding.
 
 # %%
-def my_encode_boxes(boxes, anchors, weights=(1.0, 1.0, 1.0, 1.0)):
+def your_encode_boxes(boxes, anchors, weights=(1.0, 1.0, 1.0, 1.0)):
     # BEGIN SOLUTION
     def centre_size(b):
         w, h = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
@@ -614,7 +614,7 @@ def my_encode_boxes(boxes, anchors, weights=(1.0, 1.0, 1.0, 1.0)):
     # END SOLUTION
 
 
-def my_decode_boxes(deltas, anchors, weights=(1.0, 1.0, 1.0, 1.0), clip=BBOX_XFORM_CLIP):
+def your_decode_boxes(deltas, anchors, weights=(1.0, 1.0, 1.0, 1.0), clip=BBOX_XFORM_CLIP):
     # BEGIN SOLUTION
     anchors = jnp.asarray(anchors)
     aw, ah = anchors[..., 2] - anchors[..., 0], anchors[..., 3] - anchors[..., 1]
@@ -628,8 +628,8 @@ def my_decode_boxes(deltas, anchors, weights=(1.0, 1.0, 1.0, 1.0), clip=BBOX_XFO
     # END SOLUTION
 
 
-check_encode_boxes(my_encode_boxes)
-check_decode_boxes(my_decode_boxes)
+check_encode_boxes(your_encode_boxes)
+check_decode_boxes(your_decode_boxes)
 
 
 # %% [markdown]

@@ -429,7 +429,7 @@ plt.show()
 # case, the inputs, expected and got, the largest error and, for a common mistake, a hint. Your
 # function takes the same arguments as the package's, so any correct version passes.
 #
-# **Core exercise A: the anchors of one level.** Write `my_level_anchors(image_size (H, W),
+# **Core exercise A: the anchors of one level.** Write `your_level_anchors(image_size (H, W),
 # feature_size (h, w), sizes, aspect_ratios) -> (h * w * R * S, 4)` with torchvision's values and
 # order: cell anchors ratio-major then size (`h = s * sqrt(r)`, `w = s / sqrt(r)`, centred on 0,
 # rounded), shifted by `(j * stride_x, i * stride_y)` with `stride = image_size // feature_size`,
@@ -439,7 +439,7 @@ plt.show()
 from mrcnn_jax.course import check_level_anchors
 
 
-def my_level_anchors(image_size, feature_size, sizes, aspect_ratios):
+def your_level_anchors(image_size, feature_size, sizes, aspect_ratios):
     # BEGIN SOLUTION
     ratios = np.asarray(aspect_ratios, np.float32)[:, None]  # (R, 1)
     scales = np.asarray(sizes, np.float32)[None, :]  # (1, S)
@@ -455,7 +455,7 @@ def my_level_anchors(image_size, feature_size, sizes, aspect_ratios):
     # END SOLUTION
 
 
-check_level_anchors(my_level_anchors)
+check_level_anchors(your_level_anchors)
 
 
 # %% [markdown]

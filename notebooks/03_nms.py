@@ -599,7 +599,7 @@ else:
 # case, the inputs, expected and got, the largest error and, for a common mistake, a hint. Your
 # function takes the same arguments as the package's, so any correct version passes.
 #
-# **Core exercise A: fixed-shape greedy NMS.** Write `my_nms(boxes (N, 4), scores (N,),
+# **Core exercise A: fixed-shape greedy NMS.** Write `your_nms(boxes (N, 4), scores (N,),
 # iou_threshold, max_output_size) -> (indices (K,), valid (K,))` with the semantics of
 # `mrcnn_jax.nms`: kept boxes in descending score order (ties: lower index first), a box
 # suppressed when a *kept* box overlaps it with IoU > threshold, `K = max_output_size` slots, and
@@ -613,7 +613,7 @@ import jax.numpy as jnp
 from mrcnn_jax.course import check_nms
 
 
-def my_nms(boxes, scores, iou_threshold, max_output_size):
+def your_nms(boxes, scores, iou_threshold, max_output_size):
     # BEGIN SOLUTION
     order = jnp.argsort(-scores, stable=True)  # (N,) descending, ties by index
     iou = mrcnn_jax.box_iou(boxes, boxes)  # (N, N)
@@ -633,7 +633,7 @@ def my_nms(boxes, scores, iou_threshold, max_output_size):
     # END SOLUTION
 
 
-check_nms(my_nms)
+check_nms(your_nms)
 
 
 # %% [markdown]

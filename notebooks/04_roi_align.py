@@ -799,7 +799,7 @@ else:
 # function takes the same arguments as the package's, so any correct version passes.
 #
 # **Core exercise A: bilinear sampling with torchvision's border rules.** Write
-# `my_bilinear(features (H, W, C), y (P,), x (P,)) -> (P, C)`: cell `i` sits at coordinate `i`; a
+# `your_bilinear(features (H, W, C), y (P,), x (P,)) -> (P, C)`: cell `i` sits at coordinate `i`; a
 # point with `y < -1` or `y > H` (or the same in x) reads 0; otherwise clamp `y`, `x` at 0, and a
 # point at or beyond the last cell (`floor(y) >= H - 1`) reads the last cell.
 
@@ -807,7 +807,7 @@ else:
 from mrcnn_jax.course import check_bilinear, check_map_levels, check_roi_align
 
 
-def my_bilinear(features, y, x):
+def your_bilinear(features, y, x):
     # BEGIN SOLUTION
     height, width = features.shape[:2]
     outside = (y < -1) | (y > height) | (x < -1) | (x > width)  # (P,)
@@ -831,17 +831,17 @@ def my_bilinear(features, y, x):
     # END SOLUTION
 
 
-check_bilinear(my_bilinear)
+check_bilinear(your_bilinear)
 
 # %% [markdown]
-# **Core exercise B: RoIAlign on one level, both `aligned` modes.** Write `my_roi_align(features
+# **Core exercise B: RoIAlign on one level, both `aligned` modes.** Write `your_roi_align(features
 # (N, H, W, C), boxes (R, 4), batch_indices (R,), output_size, spatial_scale, sampling_ratio,
 # aligned) -> (R, oh, ow, C)` with the semantics of `mrcnn_jax.roi_align` (use your
-# `my_bilinear`): scale the box, shift it by -0.5 when `aligned`, otherwise make it at least 1 x 1,
+# `your_bilinear`): scale the box, shift it by -0.5 when `aligned`, otherwise make it at least 1 x 1,
 # average `sampling_ratio x sampling_ratio` regularly spaced samples per bin.
 
 # %%
-def my_roi_align(features, boxes, batch_indices, output_size=(7, 7), spatial_scale=1.0,
+def your_roi_align(features, boxes, batch_indices, output_size=(7, 7), spatial_scale=1.0,
                  sampling_ratio=2, aligned=False):
     # BEGIN SOLUTION
     out_h, out_w = output_size
@@ -858,22 +858,22 @@ def my_roi_align(features, boxes, batch_indices, output_size=(7, 7), spatial_sca
         xs = x1 + (jnp.arange(out_w)[:, None] + offsets[None, :]) * w / out_w  # (ow, s)
         yy = jnp.broadcast_to(ys[:, :, None, None], (out_h, s, out_w, s)).reshape(-1)
         xx = jnp.broadcast_to(xs[None, None], (out_h, s, out_w, s)).reshape(-1)
-        samples = my_bilinear(features[image], yy, xx).reshape(out_h, s, out_w, s, -1)
+        samples = your_bilinear(features[image], yy, xx).reshape(out_h, s, out_w, s, -1)
         return samples.mean(axis=(1, 3))  # (oh, ow, C)
 
     return jax.vmap(one_box)(jnp.asarray(boxes), jnp.asarray(batch_indices))
     # END SOLUTION
 
 
-check_roi_align(my_roi_align)
+check_roi_align(your_roi_align)
 
 # %% [markdown]
-# **Core exercise C: the FPN level mapper.** Write `my_map_levels(boxes (R, 4), k_min=2, k_max=5)
+# **Core exercise C: the FPN level mapper.** Write `your_map_levels(boxes (R, 4), k_min=2, k_max=5)
 # -> (R,) int32`: `floor(4 + log2(sqrt(area) / 224) + 1e-6)` clamped to `[k_min, k_max]`, counted
 # from `k_min` (0 means P2).
 
 # %%
-def my_map_levels(boxes, k_min=2, k_max=5):
+def your_map_levels(boxes, k_min=2, k_max=5):
     # BEGIN SOLUTION
     size = jnp.sqrt(jnp.maximum(boxes[:, 2] - boxes[:, 0], 0)
                     * jnp.maximum(boxes[:, 3] - boxes[:, 1], 0))  # (R,)
@@ -882,7 +882,7 @@ def my_map_levels(boxes, k_min=2, k_max=5):
     # END SOLUTION
 
 
-check_map_levels(my_map_levels)
+check_map_levels(your_map_levels)
 
 
 # %% [markdown]

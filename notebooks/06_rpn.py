@@ -594,7 +594,7 @@ else:
 # case, the inputs, expected and got, the largest error and, for a common mistake, a hint. Your
 # function takes the same arguments as the package's, so any correct version passes.
 #
-# **Core exercise A: anchor labels by IoU matching.** Write `my_match(iou (G, P), gt_valid (G,),
+# **Core exercise A: anchor labels by IoU matching.** Write `your_match(iou (G, P), gt_valid (G,),
 # high, low, allow_low_quality) -> (P,) int32` as `mrcnn_jax.matcher.match`: the best ground
 # truth's index where its IoU is `>= high`, `-1` (background) below `low`, `-2` (ignored) in
 # between; with `allow_low_quality`, every anchor tied at some ground truth's best IoU keeps its
@@ -607,7 +607,7 @@ import jax.numpy as jnp
 from mrcnn_jax.course import check_match, check_sample_balanced
 
 
-def my_match(iou, gt_valid, high, low, allow_low_quality):
+def your_match(iou, gt_valid, high, low, allow_low_quality):
     # BEGIN SOLUTION
     iou = jnp.where(gt_valid[:, None], iou, -1.0)  # (G, P) padding never wins
     best, best_gt = iou.max(axis=0), iou.argmax(axis=0)  # (P,)
@@ -619,16 +619,16 @@ def my_match(iou, gt_valid, high, low, allow_low_quality):
     # END SOLUTION
 
 
-check_match(my_match)
+check_match(your_match)
 
 # %% [markdown]
-# **Core exercise B: the balanced sampler.** Write `my_sample_balanced(key, labels (P,),
+# **Core exercise B: the balanced sampler.** Write `your_sample_balanced(key, labels (P,),
 # num_samples, positive_fraction) -> (positive (P,) bool, negative (P,) bool)`: at most
 # `int(num_samples * positive_fraction)` random positives (label 1), the rest random negatives
 # (label 0), never an ignored one (-1); static shapes, randomness only from `key`.
 
 # %%
-def my_sample_balanced(key, labels, num_samples, positive_fraction):
+def your_sample_balanced(key, labels, num_samples, positive_fraction):
     # BEGIN SOLUTION
     pos_key, neg_key = jax.random.split(key)
     positive, negative = labels == 1, labels == 0
@@ -644,7 +644,7 @@ def my_sample_balanced(key, labels, num_samples, positive_fraction):
     # END SOLUTION
 
 
-check_sample_balanced(my_sample_balanced)
+check_sample_balanced(your_sample_balanced)
 
 
 # %% [markdown]

@@ -581,7 +581,7 @@ print({k: float(v) for k, v in box_losses(class_logits, box_deltas, empty, heads
 # case, the inputs, expected and got, the largest error and, for a common mistake, a hint. Your
 # function takes the same arguments as the package's, so any correct version passes.
 #
-# **Core exercise A: mask targets.** Write `my_mask_targets(gt_masks (B, G, Hm, Wm), gt_boxes
+# **Core exercise A: mask targets.** Write `your_mask_targets(gt_masks (B, G, Hm, Wm), gt_boxes
 # (B, G, 4), rois (B, R, 4), matched_gt (B, R), image_size, mask_size, sampling_ratio,
 # binary=False, aligned=False) -> (B, R, M, M)` as `mrcnn_jax.roi_heads.mask_targets`: each RoI's
 # *matched* ground-truth mask cut out at `M x M` with `mrcnn_jax.roi_align`. Full-image masks
@@ -592,7 +592,7 @@ print({k: float(v) for k, v in box_losses(class_logits, box_deltas, empty, heads
 from mrcnn_jax.course import check_mask_targets
 
 
-def my_mask_targets(gt_masks, gt_boxes, rois, matched_gt, image_size, mask_size, sampling_ratio,
+def your_mask_targets(gt_masks, gt_boxes, rois, matched_gt, image_size, mask_size, sampling_ratio,
                     binary=False, aligned=False):
     # BEGIN SOLUTION
     b, g, hm, wm = gt_masks.shape
@@ -612,7 +612,7 @@ def my_mask_targets(gt_masks, gt_boxes, rois, matched_gt, image_size, mask_size,
     # END SOLUTION
 
 
-check_mask_targets(my_mask_targets)
+check_mask_targets(your_mask_targets)
 
 
 # %% [markdown]

@@ -402,7 +402,7 @@ plt.show()
 # case, the inputs, expected and got, the largest error and, for a common mistake, a hint. Your
 # function takes the same arguments as the package's, so any correct version passes.
 #
-# **Core exercise A: smooth L1, and its trap.** Write `my_smooth_l1(x, beta)`: `0.5 x^2 / beta`
+# **Core exercise A: smooth L1, and its trap.** Write `your_smooth_l1(x, beta)`: `0.5 x^2 / beta`
 # where `|x| < beta`, else `|x| - 0.5 beta`; `beta = 0` is plain L1. The check also takes the
 # gradient: `jnp.where` differentiates *both* branches, so a division by `beta = 0` in the unused
 # one still puts NaN in the gradient.
@@ -411,7 +411,7 @@ plt.show()
 from mrcnn_jax.course import check_mask_loss, check_rpn_losses, check_smooth_l1
 
 
-def my_smooth_l1(x, beta):
+def your_smooth_l1(x, beta):
     # BEGIN SOLUTION
     if beta == 0:  # a Python number: a plain `if` is fine
         return jnp.abs(x)
@@ -419,10 +419,10 @@ def my_smooth_l1(x, beta):
     # END SOLUTION
 
 
-check_smooth_l1(my_smooth_l1)
+check_smooth_l1(your_smooth_l1)
 
 # %% [markdown]
-# **Core exercise B: the RPN losses over a padded batch.** Write `my_rpn_losses(logits (B, A),
+# **Core exercise B: the RPN losses over a padded batch.** Write `your_rpn_losses(logits (B, A),
 # deltas (B, A, 4), targets, beta) -> {"rpn_objectness", "rpn_box"}` as `mrcnn_jax.rpn.rpn_losses`:
 # `targets` holds `labels` (float 1/0), `deltas`, and the boolean masks `positive` and `sampled`;
 # binary cross-entropy over the sampled anchors, smooth L1 summed over the positives' four
@@ -430,26 +430,26 @@ check_smooth_l1(my_smooth_l1)
 # summing, and use a stable BCE.
 
 # %%
-def my_rpn_losses(logits, deltas, targets, beta):
+def your_rpn_losses(logits, deltas, targets, beta):
     # BEGIN SOLUTION
     count = jnp.maximum(jnp.sum(targets["sampled"]), 1)
     bce = (jnp.maximum(logits, 0) - logits * targets["labels"]
            + jnp.log1p(jnp.exp(-jnp.abs(logits))))  # (B, A) stable
-    box = jnp.sum(my_smooth_l1(deltas - targets["deltas"], beta), axis=-1)  # (B, A)
+    box = jnp.sum(your_smooth_l1(deltas - targets["deltas"], beta), axis=-1)  # (B, A)
     return {"rpn_objectness": jnp.sum(jnp.where(targets["sampled"], bce, 0.0)) / count,
             "rpn_box": jnp.sum(jnp.where(targets["positive"], box, 0.0)) / count}
     # END SOLUTION
 
 
-check_rpn_losses(my_rpn_losses)
+check_rpn_losses(your_rpn_losses)
 
 # %% [markdown]
-# **Core exercise C: the mask loss.** Write `my_mask_loss(mask_logits (B, R, M, M, K), labels
+# **Core exercise C: the mask loss.** Write `your_mask_loss(mask_logits (B, R, M, M, K), labels
 # (B, R), targets (B, R, M, M), valid (B, R)) -> scalar` as `mrcnn_jax.roi_heads.mask_loss`: mean
 # per-pixel BCE on each RoI's own class channel, averaged over the valid RoIs.
 
 # %%
-def my_mask_loss(mask_logits, labels, targets, valid):
+def your_mask_loss(mask_logits, labels, targets, valid):
     # BEGIN SOLUTION
     chosen = jnp.take_along_axis(mask_logits, labels[:, :, None, None, None], axis=-1)[..., 0]
     bce = (jnp.maximum(chosen, 0) - chosen * targets
@@ -459,7 +459,7 @@ def my_mask_loss(mask_logits, labels, targets, valid):
     # END SOLUTION
 
 
-check_mask_loss(my_mask_loss)
+check_mask_loss(your_mask_loss)
 
 
 # %% [markdown]

@@ -563,7 +563,7 @@ print("detections shown:", [int((out["valid"][j] & (out["scores"][j] >= SHOW)).s
 # case, the inputs, expected and got, the largest error and, for a common mistake, a hint. Your
 # function takes the same arguments as the package's, so any correct version passes.
 #
-# **Core exercise A: paste masks, torchvision's rule.** Write `my_paste_masks(masks (D, M, M),
+# **Core exercise A: paste masks, torchvision's rule.** Write `your_paste_masks(masks (D, M, M),
 # boxes (D, 4), image_size) -> (D, H, W)` as `mrcnn_jax.paste_masks`: pad each mask with one zero
 # cell, grow its box by `(M + 2) / M` about the centre, truncate to integers `(x0, y0, x1, y1)`,
 # resize bilinearly (half-pixel centres, `align_corners=False`) to `(y1 - y0 + 1, x1 - x0 + 1)`
@@ -575,7 +575,7 @@ import jax.numpy as jnp
 from mrcnn_jax.course import check_average_precision, check_coco_match, check_paste_masks
 
 
-def my_paste_masks(masks, boxes, image_size):
+def your_paste_masks(masks, boxes, image_size):
     # BEGIN SOLUTION
     m = masks.shape[1]
     padded = jnp.pad(masks, ((0, 0), (1, 1), (1, 1)))  # (D, M+2, M+2)
@@ -604,17 +604,17 @@ def my_paste_masks(masks, boxes, image_size):
     # END SOLUTION
 
 
-check_paste_masks(my_paste_masks)
+check_paste_masks(your_paste_masks)
 
 # %% [markdown]
-# **Core exercise B: COCO matching (not VOC's).** Write `my_coco_match(ious (D, G),
+# **Core exercise B: COCO matching (not VOC's).** Write `your_coco_match(ious (D, G),
 # iou_threshold) -> tp (D,) bool`: detections come in descending score order; each takes the
 # ground truth with the highest IoU among those *still free* with IoU >= the threshold (ties: the
 # later one), which is then taken. VOC-style matching (take the best ground truth; if it is
 # already taken, a false positive) gives a different answer: the check knows the difference.
 
 # %%
-def my_coco_match(ious, iou_threshold):
+def your_coco_match(ious, iou_threshold):
     # BEGIN SOLUTION
     taken = np.zeros(ious.shape[1], bool)
     tp = np.zeros(ious.shape[0], bool)
@@ -629,16 +629,16 @@ def my_coco_match(ious, iou_threshold):
     # END SOLUTION
 
 
-check_coco_match(my_coco_match)
+check_coco_match(your_coco_match)
 
 # %% [markdown]
 # **Core exercise C: AP from a precision-recall curve, COCO's 101-point rule.** Write
-# `my_average_precision(recall (N,), precision (N,)) -> float` for one ranked list: make precision
+# `your_average_precision(recall (N,), precision (N,)) -> float` for one ranked list: make precision
 # non-increasing from the right, read it at recall levels 0, 0.01, ..., 1 at the first rank whose
 # recall reaches the level (0 if none does), and average the 101 values.
 
 # %%
-def my_average_precision(recall, precision):
+def your_average_precision(recall, precision):
     # BEGIN SOLUTION
     interpolated = np.maximum.accumulate(np.asarray(precision)[::-1])[::-1]
     index = np.searchsorted(recall, np.linspace(0, 1, 101), side="left")  # first rank >= level
@@ -647,7 +647,7 @@ def my_average_precision(recall, precision):
     # END SOLUTION
 
 
-check_average_precision(my_average_precision)
+check_average_precision(your_average_precision)
 
 
 # %% [markdown]
