@@ -76,6 +76,72 @@ def evaluate_model(model, loader, class_names, progress=True):
     return coco_evaluate(ground_truth, detections), ground_truth, detections
 
 
+def padded_batches(source, batch_size, image_size, max_instances):
+    """Every record of ``source`` once, in order, in batches of exactly ``batch_size``.
+
+    The last batch is filled up with copies of the last record, marked ``image_valid = False``
+    (``(B,)`` bool), so a global batch always splits over the devices and no image is dropped
+    or counted twice (``drop_remainder`` batches would lose the tail).
+    """
+    from mrcnn_jax.data import make_loader
+
+    single = make_loader(source, 1, image_size=image_size, max_instances=max_instances,
+                         train=False).dataset  # record i -> a batch of one, unshuffled
+    n = len(source)
+    for start in range(0, n, batch_size):
+        rows = [single[min(i, n - 1)] for i in range(start, start + batch_size)]
+        batch = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+        batch["image_valid"] = np.arange(start, start + batch_size) < n  # (B,)
+        yield batch
+
+
+def evaluate_sharded(model, source, class_names, batch_size, mesh, *, image_size,
+                     max_instances, progress=True):
+    """:func:`evaluate_model` on a data-parallel mesh (``sharding.py``), every image once.
+
+    Each global batch of ``batch_size`` (a multiple of the devices) is padded
+    (:func:`padded_batches`), split over the mesh, predicted with the replicated ``model``,
+    gathered, and only its valid images are scored. Every process reads the whole batch (the
+    ground truth is needed where COCO runs) and feeds the devices its own rows; COCO runs on
+    process 0 (others return ``(None, None, None)``). Per-image predictions do not depend on
+    the batch, so the figures equal a single device's.
+    """
+    import jax
+    from jax.experimental import multihost_utils
+
+    from mrcnn_jax.sharding import check_batch_size, shard_batch
+
+    check_batch_size(batch_size, mesh)
+    local = batch_size // jax.process_count()
+    rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+    images, annotations, detections = [], [], []
+    batches = padded_batches(source, batch_size, image_size, max_instances)
+    total = -(-len(source) // batch_size)
+    for batch in tqdm(batches, total=total, desc="evaluate", unit="batch",
+                      disable=not progress or jax.process_index() != 0):
+        sharded = shard_batch({"images": batch["images"][rows]}, mesh)["images"]
+        out = predict(model, sharded)
+        out = multihost_utils.process_allgather(out, tiled=True)  # (B, ...) numpy everywhere
+        keep = np.flatnonzero(batch["image_valid"])
+        first = len(images)
+        ids = list(range(first, first + len(keep)))
+        gt_rows = {k: v[keep] for k, v in batch.items()}
+        imgs, anns = ground_truth_to_coco(gt_rows, class_names, ids)
+        for ann in anns:
+            ann["id"] += len(annotations)
+        images += imgs
+        annotations += anns
+        for j, i in enumerate(keep):
+            detections += detections_to_coco(ids[j], out["boxes"][i], out["scores"][i],
+                                              out["labels"][i], out["masks"][i],
+                                              out["valid"][i])
+    if jax.process_index() != 0:
+        return None, None, None
+    categories = [{"id": k, "name": n} for k, n in enumerate(class_names) if k > 0]
+    ground_truth = {"images": images, "annotations": annotations, "categories": categories}
+    return coco_evaluate(ground_truth, detections), ground_truth, detections
+
+
 def pycocotools_stats(ground_truth, detections):
     """pycocotools' ``COCOeval.stats`` on the same input, as ``{iou_type: {name: value}}``."""
     from pycocotools.coco import COCO
@@ -98,7 +164,8 @@ def pycocotools_stats(ground_truth, detections):
 
 def main(argv=None):
     from mrcnn_jax.checkpoints import restore_model
-    from mrcnn_jax.data import class_names, make_loader, shapes_source
+    from mrcnn_jax.data import class_names, shapes_source
+    from mrcnn_jax.sharding import add_distributed_args, init_distributed, make_mesh, replicate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="training work directory")
@@ -108,13 +175,23 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--out", default=None, help="COCO results JSON (default in workdir)")
     parser.add_argument("--check_pycocotools", action="store_true")
+    parser.add_argument("--devices", type=int, default=None,
+                        help="devices of the data-parallel mesh (default: all visible); the "
+                             "batch size is rounded up to a multiple of it")
+    add_distributed_args(parser)
     args = parser.parse_args(argv)
+    init_distributed(args)
     model, run = restore_model(args.workdir, args.step)
     source = shapes_source("validation", args.data_dir, **run["data"] | {"num_val": args.num_val})
-    batch_size = full_batch_size(len(source), args.batch_size)  # every image is evaluated
-    loader = make_loader(source, batch_size, image_size=model.config.image_size[0],
-                         max_instances=run["max_instances"], train=False)
-    results, gt, dets = evaluate_model(model, loader, class_names(source))
+    mesh = make_mesh(args.devices)
+    replicate(mesh, model)
+    n = mesh.devices.size
+    batch_size = -(-args.batch_size // n) * n  # the split is padded, every image evaluated
+    results, gt, dets = evaluate_sharded(model, source, class_names(source), batch_size, mesh,
+                                         image_size=model.config.image_size[0],
+                                         max_instances=run["max_instances"])
+    if results is None:  # not process 0
+        return
     print_table(results)
     out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "detections.json")
     out.write_text(json.dumps(dets))
@@ -123,6 +200,7 @@ def main(argv=None):
         ref = pycocotools_stats(gt, dets)
         diff = max(abs(results[t][k] - ref[t][k]) for t in ref for k in STAT_NAMES)
         print(f"largest difference from pycocotools: {diff:.2e}")
+    return results
 
 
 if __name__ == "__main__":

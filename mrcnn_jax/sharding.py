@@ -24,6 +24,9 @@ Taught in notebooks/09_training.
 """
 
 import functools
+import socket
+import sys
+import time
 
 import jax
 import numpy as np
@@ -138,6 +141,14 @@ def init_distributed(args):
         return
     if jax.distributed.is_initialized():
         return
+    timeout = args.initialization_timeout
+    if args.coordinator_address and args.process_id:  # not the coordinator: is it there?
+        _wait_for_coordinator(args.coordinator_address, timeout)
+    # XLA ends the process itself (a fatal log, no Python exception) when a peer never joins
+    # or dies later; this line says what it was waiting for.
+    print(f"process {args.process_id} of {args.num_processes}: joining the coordinator at "
+          f"{args.coordinator_address}; if a process is missing, XLA stops this one after "
+          f"{timeout} s with DEADLINE_EXCEEDED", file=sys.stderr, flush=True)
     try:
         jax.distributed.initialize(args.coordinator_address, args.num_processes,
                                    args.process_id,
@@ -148,6 +159,22 @@ def init_distributed(args):
             f"{args.num_processes} could not join the coordinator at "
             f"{args.coordinator_address} within {args.initialization_timeout} s (is every "
             f"process started, with the same address and --num_processes?): {e}") from e
+
+
+def _wait_for_coordinator(address, timeout):
+    """Raise a clear error unless ``host:port`` accepts a TCP connection within ``timeout`` s."""
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"no coordinator at {address} after {timeout} s: start process 0 (the "
+                    f"coordinator) with the same --coordinator_address ({e})") from e
+            time.sleep(0.5)
 
 
 def local_copy(model):

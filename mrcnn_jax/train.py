@@ -30,13 +30,18 @@ from mrcnn_jax import checkpoints
 from mrcnn_jax.config import shapes_config, small_config
 from mrcnn_jax.data import class_names, make_loader, shapes_source
 from mrcnn_jax.model import MaskRCNN
-from mrcnn_jax.training import (
-    LOSS_TERMS,
-    eval_losses,
-    make_optimizer,
-    to_device_batch,
+from mrcnn_jax.sharding import (
+    add_distributed_args,
+    check_batch_size,
+    init_distributed,
+    local_copy,
+    make_mesh,
+    process_batch_index,
+    replicate,
+    shard_batch,
     train_step,
 )
+from mrcnn_jax.training import LOSS_TERMS, check_batch, eval_losses, make_optimizer
 
 PRESETS = {"shapes": shapes_config, "small": small_config}
 
@@ -66,50 +71,72 @@ def parse_args(argv=None):
     p.add_argument("--stop_after", type=int, default=None,
                    help="checkpoint and stop once this many steps are done (resume later)")
     p.add_argument("--no_final_eval", action="store_true", help="skip COCO evaluation")
+    p.add_argument("--devices", type=int, default=None,
+                   help="devices of the data-parallel mesh (default: all visible); "
+                        "--batch_size is global and must divide by it")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="compute dtype of convolutions and matmuls (parameters, norms, losses "
+                        "and box geometry stay float32)")
+    add_distributed_args(p)
     return p.parse_args(argv)
 
 
 def build(args):
-    """Model, optimizer, data and the run description from parsed arguments."""
+    """Mesh, model, optimizer, data and the run description from parsed arguments.
+
+    The loader yields this process's slice (``B / P`` images) of every global batch;
+    ``read(step)`` returns the slice of global batch ``step`` (``sharding.process_batch_index``).
+    """
+    mesh = make_mesh(args.devices)
+    check_batch_size(args.batch_size, mesh)
     config = PRESETS[args.preset](image_size=(args.image_size, args.image_size))
+    config = config.replace(dtype=args.dtype)
     data = {"num_train": args.num_train, "num_val": args.num_val,
             "image_size": args.image_size, "seed": 0}
     train_source = shapes_source("train", args.data_dir, **data)
-    loader = make_loader(train_source, args.batch_size, image_size=args.image_size,
+    local = args.batch_size // jax.process_count()
+    loader = make_loader(train_source, local, image_size=args.image_size,
                          max_instances=args.max_instances, seed=args.seed, num_epochs=None)
     model = MaskRCNN(config, rngs=nnx.Rngs(args.seed))
     optimizer = make_optimizer(model, args.lr, warmup_steps=args.warmup, total_steps=args.steps)
+    replicate(mesh, model, optimizer)
     names = class_names(train_source)
     run = {"config": checkpoints.config_to_dict(config), "data": data, "class_names": names,
            "max_instances": args.max_instances, "args": vars(args)}
-    return model, optimizer, loader, run, names
+
+    def read(step):
+        return loader.dataset[process_batch_index(step, len(train_source), args.batch_size)]
+
+    return mesh, model, optimizer, read, run, names
 
 
-def validation_loss(model, args, data, batches=4):
+def validation_loss(model, args, data, mesh, batches=4):
     source = shapes_source("validation", args.data_dir, **data)
-    loader = make_loader(source, args.batch_size, image_size=args.image_size,
+    local = args.batch_size // jax.process_count()
+    loader = make_loader(source, local, image_size=args.image_size,
                          max_instances=args.max_instances, train=False)
-    totals = {}
-    for i, batch in zip(range(batches), loader, strict=False):
-        terms = eval_losses(model, to_device_batch(batch), jax.random.key(i))
+    totals, count = {}, min(batches, len(source) // args.batch_size)
+    for i in range(count):
+        batch = loader.dataset[process_batch_index(i, len(source), args.batch_size)]
+        terms = eval_losses(model, shard_batch(check_batch(batch), mesh), jax.random.key(i))
         for k, v in terms.items():
-            totals[k] = totals.get(k, 0.0) + float(v) / batches
+            totals[k] = totals.get(k, 0.0) + float(v) / count
     return totals
 
 
-def prefetched(dataset, steps):
-    """``(step, batch)`` for each step, batch ``step`` being ``dataset[step]``; the next batch is
+def prefetched(read, steps):
+    """``(step, batch)`` for each step, batch ``step`` being ``read(step)``; the next batch is
     read in a background thread while the current step runs (the jitted step releases the GIL
     and leaves part of the second core idle), so data loading costs no step time."""
     steps = iter(steps)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         step = next(steps, None)
-        pending = None if step is None else pool.submit(dataset.__getitem__, step)
+        pending = None if step is None else pool.submit(read, step)
         while step is not None:
             batch = pending.result()
             following = next(steps, None)
             if following is not None:
-                pending = pool.submit(dataset.__getitem__, following)
+                pending = pool.submit(read, following)
             yield step, batch
             step = following
 
@@ -117,23 +144,29 @@ def prefetched(dataset, steps):
 def train(args):
     workdir = pathlib.Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    model, optimizer, loader, run, names = build(args)
+    mesh, model, optimizer, read, run, names = build(args)
+    lead = jax.process_index() == 0  # logging, plots and the bar on process 0 only
     mngr = checkpoints.manager(workdir)
     start = 0
     if args.resume and mngr.latest_step() is not None:
         start = checkpoints.restore(mngr, model, optimizer)
+        replicate(mesh, model, optimizer)
         print(f"resumed from step {start}")
-    checkpoints.write_run(workdir, run)
+    if lead:
+        checkpoints.write_run(workdir, run)
+        print(f"mesh: {mesh.devices.size} {jax.devices()[0].platform} device(s) over "
+              f"{jax.process_count()} process(es), global batch {args.batch_size}, "
+              f"compute {args.dtype}")
     base_key = jax.random.key(args.seed)
-    log = open(workdir / "metrics.jsonl", "a" if start else "w")  # noqa: SIM115
+    log = open(workdir / "metrics.jsonl", "a" if start else "w") if lead else None  # noqa: SIM115
     began = time.perf_counter()
-    bar = tqdm(initial=start, total=args.steps, unit="step")
+    bar = tqdm(initial=start, total=args.steps, unit="step", disable=not lead)
     step = start - 1
-    for step, batch in prefetched(loader.dataset, range(start, args.steps)):
-        batch = to_device_batch(batch)  # loader.dataset[step]: a function of (seed, step)
+    for step, batch in prefetched(read, range(start, args.steps)):
+        batch = shard_batch(check_batch(batch), mesh)  # a function of (seed, step) only
         t0 = time.perf_counter()
         metrics = {k: float(v) for k, v in train_step(
-            model, optimizer, batch, jax.random.fold_in(base_key, step)).items()}
+            model, optimizer, batch, jax.random.fold_in(base_key, step), mesh).items()}
         metrics.update(step=step + 1, images_per_s=args.batch_size / (time.perf_counter() - t0))
         if not np.isfinite(metrics["loss"]):
             raise FloatingPointError(f"loss became {metrics['loss']} at step {step}: {metrics}")
@@ -141,9 +174,10 @@ def train(args):
                         | {"img/s": f"{metrics['images_per_s']:.1f}"}, refresh=False)
         bar.update(1)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            metrics["val"] = validation_loss(model, args, run["data"])
-        log.write(json.dumps(metrics) + "\n")
-        log.flush()
+            metrics["val"] = validation_loss(model, args, run["data"], mesh)
+        if lead:
+            log.write(json.dumps(metrics) + "\n")
+            log.flush()
         out_of_time = bool(args.minutes and time.perf_counter() - began > 60 * args.minutes)
         out_of_time |= args.stop_after is not None and step + 1 >= args.stop_after
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps or out_of_time:
@@ -152,8 +186,9 @@ def train(args):
             print(f"\nstopping at step {step + 1} (time budget or --stop_after)")
             break
     bar.close()
-    log.close()
-    return model, run, names, step + 1
+    if lead:
+        log.close()
+    return model, run, names, step + 1, mesh
 
 
 def plot_loss_curve(workdir):
@@ -182,6 +217,7 @@ def save_prediction_picture(model, loader, names, path, count=8):
     from mrcnn_jax.plotting import draw_boxes, overlay_masks, show_image, subplots
 
     batch = next(iter(loader))
+    model = local_copy(model)  # on one device, whatever the mesh
     out = jax.tree.map(np.asarray, predict(model, jnp.asarray(batch["images"])))
     count = min(count, len(batch["images"]))
     fig, axes = subplots(count // 2, 2, size=2.6)
@@ -195,34 +231,39 @@ def save_prediction_picture(model, loader, names, path, count=8):
     fig.savefig(path, dpi=110)
 
 
-def final_evaluation(model, args, run, names, workdir):
-    from mrcnn_jax.evaluate import evaluate_model, full_batch_size, pycocotools_stats
+def final_evaluation(model, args, run, names, workdir, mesh):
+    from mrcnn_jax.evaluate import evaluate_sharded, pycocotools_stats
     from mrcnn_jax.evaluation import print_table
 
     source = shapes_source("validation", args.data_dir, **run["data"])
-    batch_size = full_batch_size(len(source), args.batch_size)  # all held-out images count
-    loader = make_loader(source, batch_size, image_size=args.image_size,
-                         max_instances=args.max_instances, train=False)
-    results, gt, dets = evaluate_model(model, loader, names)
+    results, gt, dets = evaluate_sharded(model, source, names, args.batch_size, mesh,
+                                         image_size=args.image_size,
+                                         max_instances=args.max_instances)
+    if jax.process_index() != 0:  # COCO evaluation and pictures on process 0
+        return results
     print_table(results)
     ref = pycocotools_stats(gt, dets)
     print(f"pycocotools on the same detections: mask AP {ref['segm']['AP']:.4f}, "
           f"AP50 {ref['segm']['AP50']:.4f}; box AP {ref['bbox']['AP']:.4f}")
     (workdir / "evaluation.json").write_text(json.dumps({"ours": results, "pycocotools": ref,
                                                          "num_images": len(gt["images"])}))
+    loader = make_loader(source, min(8, len(source)), image_size=args.image_size,
+                         max_instances=args.max_instances, train=False)
     save_prediction_picture(model, loader, names, workdir / "predictions.png")
     return results
 
 
 def main(argv=None):
     args = parse_args(argv)
+    init_distributed(args)
     workdir = pathlib.Path(args.workdir)
     began = time.perf_counter()
-    model, run, names, steps = train(args)
-    plot_loss_curve(workdir)
+    model, run, names, steps, mesh = train(args)
+    if jax.process_index() == 0:
+        plot_loss_curve(workdir)
     print(f"trained {steps} steps in {(time.perf_counter() - began) / 60:.1f} min")
     if not args.no_final_eval:
-        final_evaluation(model, args, run, names, workdir)
+        final_evaluation(model, args, run, names, workdir, mesh)
     print(f"outputs in {workdir.resolve()}: metrics.jsonl, loss_curve.png, checkpoints/, "
           f"{'' if args.no_final_eval else 'evaluation.json, predictions.png'}")
 
