@@ -9,7 +9,7 @@ from mrcnn_jax.config import MaskRCNNConfig, resnet50_fpn_config, shapes_config,
 from mrcnn_jax.evaluation import coco_evaluate
 from mrcnn_jax.inference import predict
 from mrcnn_jax.model import MaskRCNN
-from mrcnn_jax.nms import batched_nms, nms
+from mrcnn_jax.nms import batched_nms, nms, nms_tiled
 from mrcnn_jax.paste_masks import paste_masks
 from mrcnn_jax.poolers import map_levels, multiscale_roi_align
 from mrcnn_jax.roi_align import roi_align
@@ -33,6 +33,7 @@ __all__ = [
     "map_levels",
     "multiscale_roi_align",
     "nms",
+    "nms_tiled",
     "paste_masks",
     "predict",
     "resnet50_fpn_config",

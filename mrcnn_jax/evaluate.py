@@ -165,6 +165,7 @@ def pycocotools_stats(ground_truth, detections):
 def main(argv=None):
     from mrcnn_jax.checkpoints import restore_model
     from mrcnn_jax.data import class_names, shapes_source
+    from mrcnn_jax.layers import set_compute_dtype
     from mrcnn_jax.sharding import add_distributed_args, init_distributed, make_mesh, replicate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -178,10 +179,15 @@ def main(argv=None):
     parser.add_argument("--devices", type=int, default=None,
                         help="devices of the data-parallel mesh (default: all visible); the "
                              "batch size is rounded up to a multiple of it")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                        help="compute dtype (default: the run's)")
     add_distributed_args(parser)
     args = parser.parse_args(argv)
     init_distributed(args)
     model, run = restore_model(args.workdir, args.step)
+    if args.dtype:
+        set_compute_dtype(model, args.dtype)
+        model.config = model.config.replace(dtype=args.dtype)
     source = shapes_source("validation", args.data_dir, **run["data"] | {"num_val": args.num_val})
     mesh = make_mesh(args.devices)
     replicate(mesh, model)

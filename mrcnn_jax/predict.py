@@ -14,13 +14,14 @@ import argparse
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from mrcnn_jax.checkpoints import restore_model
 from mrcnn_jax.inference import predict
+from mrcnn_jax.layers import set_compute_dtype
 from mrcnn_jax.plotting import draw_boxes, overlay_masks, show_image, subplots
+from mrcnn_jax.sharding import make_mesh, replicate, shard_batch
 
 
 def load_image(path, size):
@@ -56,18 +57,34 @@ def main(argv=None):
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (latest)")
     parser.add_argument("--out", default=None, help="output folder (default workdir/predictions)")
     parser.add_argument("--min_score", type=float, default=0.5)
+    parser.add_argument("--devices", type=int, default=None,
+                        help="devices of the data-parallel mesh (default: all visible); images "
+                             "go through in batches of one per device")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                        help="compute dtype (default: the run's)")
     args = parser.parse_args(argv)
     model, run = restore_model(args.workdir, args.step)
+    if args.dtype:
+        set_compute_dtype(model, args.dtype)
+        model.config = model.config.replace(dtype=args.dtype)
+    mesh = make_mesh(args.devices)
+    replicate(mesh, model)
     names = run.get("class_names") or [str(k) for k in range(model.config.num_classes)]
     out_dir = pathlib.Path(args.out or pathlib.Path(args.workdir) / "predictions")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for path in args.images:
-        canvas, content = load_image(path, model.config.image_size)
-        out = jax.tree.map(lambda v: np.asarray(v)[0], predict(model, jnp.asarray(canvas[None])))
-        target = out_dir / (pathlib.Path(path).stem + "_pred.png")
-        draw(canvas, content, out, names, args.min_score, target)
-        print(f"{path}: {int((out['valid'] & (out['scores'] >= args.min_score)).sum())} "
-              f"detections -> {target}")
+    n = mesh.devices.size
+    for start in range(0, len(args.images), n):
+        paths = args.images[start:start + n]
+        loaded = [load_image(path, model.config.image_size) for path in paths]
+        canvases = np.stack([c for c, _ in loaded] + [loaded[-1][0]] * (n - len(paths)))
+        images = shard_batch({"images": canvases}, mesh)["images"]  # (n, S, S, 3), padded
+        outs = jax.tree.map(np.asarray, predict(model, images))
+        for i, (path, (canvas, content)) in enumerate(zip(paths, loaded, strict=True)):
+            out = {k: v[i] for k, v in outs.items()}
+            target = out_dir / (pathlib.Path(path).stem + "_pred.png")
+            draw(canvas, content, out, names, args.min_score, target)
+            print(f"{path}: {int((out['valid'] & (out['scores'] >= args.min_score)).sum())} "
+                  f"detections -> {target}")
 
 
 if __name__ == "__main__":
