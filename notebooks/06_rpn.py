@@ -650,17 +650,31 @@ check_sample_balanced(your_sample_balanced)
 # %% [markdown]
 # ### Extension exercises
 #
-# **Exercise 1: labels from matches.** Write `my_rpn_labels(matches (A,)) -> (A,)` with `1` for a
-# matched anchor (index >= 0), `0` for background (`-1`) and `-1` for ignored (`-2`).
+# **Exercise 1: anchors that cross the border.** The Faster R-CNN paper (section 3.1.3) ignores,
+# during training, every anchor that crosses the image boundary (torchvision and detectron2 keep
+# them). Write `my_rpn_labels(matches (A,), anchors (A, 4), image_size (H, W)) -> (A,)`: `1` for a
+# matched anchor (index >= 0), `0` for background (`-1`), `-1` for ignored (`-2`) *and* `-1` for
+# every anchor not inside `[0, W] x [0, H]`. How many anchors of our image does the rule drop?
 
 # %%
 def check_rpn_labels(fn):
-    got = np.asarray(fn(jnp.array([0, 3, -1, -2, 1, -1])))
-    np.testing.assert_array_equal(got, [1, 1, 0, -1, 1, 0], err_msg="labels of the hand example")
-    np.testing.assert_array_equal(np.asarray(fn(matches)), labels, err_msg="labels of our image")
+    hand = jnp.array([[0.0, 0, 10, 10], [-5, 0, 5, 10], [90, 90, 100, 100], [95, 20, 105, 30],
+                      [10, 10, 20, 20], [0, 0, 100, 100]])
+    got = np.asarray(fn(jnp.array([0, 3, -1, -2, 1, -1]), hand, (100, 100)))
+    np.testing.assert_array_equal(got, [1, -1, 0, -1, 1, 0], err_msg=(
+        "hand example: anchors 1 and 3 cross the border (-1); anchor 0 touches it and stays"))
+    tall = jnp.array([[40.0, 0, 60, 10], [0, 60, 10, 90]])
+    got = np.asarray(fn(jnp.array([0, 0]), tall, (100, 50)))
+    np.testing.assert_array_equal(got, [-1, 1], err_msg=(
+        "image_size is (H, W) = (100, 50): x must stay within W = 50, y within H = 100"))
+    height, width = cfg.image_size
+    inside = np.asarray((anchors[:, 0] >= 0) & (anchors[:, 1] >= 0) & (anchors[:, 2] <= width)
+                        & (anchors[:, 3] <= height))
+    np.testing.assert_array_equal(np.asarray(fn(matches, anchors, cfg.image_size)),
+                                  np.where(inside, labels, -1), err_msg="labels of our image")
 
 
-def my_rpn_labels(matches):
+def my_rpn_labels(matches, anchors, image_size):
     raise NotImplementedError
 
 
@@ -737,27 +751,32 @@ except NotImplementedError:
     print("not attempted yet")
 
 # %% [markdown]
-# **Exercise 4: proposal recall.** Write `my_recall(proposals (P, 4), valid (P,), gt (n, 4),
-# threshold)`: the fraction of ground-truth boxes that have at least one valid proposal with
-# IoU >= threshold. It is the number that matters for an RPN: an object without a proposal can
-# never be detected.
+# **Exercise 4: average recall.** The `recall()` of section 7 counts objects with a proposal at one
+# IoU threshold. Proposal quality is usually reported as *average recall* (AR, Hosang et al. 2016;
+# the FPN paper's table for the RPN): the recall averaged over the IoU thresholds 0.5, 0.55, ...,
+# 0.95, which rewards proposals that fit tightly. Write `my_average_recall(proposals (P, 4),
+# valid (P,), gt (n, 4))`.
 
 # %%
-def check_recall(fn):
+def check_average_recall(fn):
     gt = jnp.array([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
-    props = jnp.array([[0.0, 0.0, 10.0, 9.0], [20.0, 20.0, 30.0, 30.0], [50.0, 50.0, 60.0, 60.0]])
-    assert abs(float(fn(props, jnp.array([True, True, True]), gt, 0.5)) - 1.0) < 1e-6, "both covered"
-    assert abs(float(fn(props, jnp.array([True, False, True]), gt, 0.5)) - 0.5) < 1e-6, "invalid proposals do not count"
-    assert abs(float(fn(props, jnp.array([True, True, True]), gt, 0.95)) - 0.5) < 1e-6, "IoU 0.9 < 0.95"
-    assert abs(float(fn(prop_boxes, prop_valid, gt_boxes[:n], 0.5)) - recall(prop_boxes, prop_valid)) < 1e-6
+    props = jnp.array([[0.0, 0.0, 10.0, 9.2], [20.0, 20.0, 30.0, 30.0], [50.0, 50.0, 60.0, 60.0]])
+    # object 0's best IoU is 0.92 (recalled at 9 of the 10 thresholds), object 1's is 1.0
+    got = float(fn(props, jnp.array([True, True, True]), gt))
+    assert abs(got - 0.95) < 1e-6, f"hand example: expected (0.9 + 1.0) / 2 = 0.95, got {got}"
+    got = float(fn(props, jnp.array([True, False, True]), gt))
+    assert abs(got - 0.45) < 1e-6, f"invalid proposals do not count: expected 0.45, got {got}"
+    expected = np.mean([recall(prop_boxes, prop_valid, t) for t in np.linspace(0.5, 0.95, 10)])
+    got = float(fn(prop_boxes, prop_valid, gt_boxes[:n]))
+    assert abs(got - expected) < 1e-6, f"our proposals: expected AR {expected:.4f}, got {got:.4f}"
 
 
-def my_recall(proposals, valid, gt, threshold):
+def my_average_recall(proposals, valid, gt):
     raise NotImplementedError
 
 
 try:
-    check_recall(my_recall)
+    check_average_recall(my_average_recall)
     print("correct!")
 except NotImplementedError:
     print("not attempted yet")

@@ -653,24 +653,41 @@ check_average_precision(your_average_precision)
 # %% [markdown]
 # ### Extension exercises
 #
-# **Exercise 1: mask IoU.** Write `my_mask_iou(a, b)` for two boolean `(H, W)` masks (0 when both
-# are empty).
+# **Exercise 1: all mask IoUs at once.** Section 4 computes the IoU of two masks; COCO needs every
+# detection against every object. Write `my_mask_iou_matrix(masks1 (D, H, W), masks2 (G, H, W))
+# -> (D, G)` for boolean masks, 0 where both masks are empty, without a Python loop over pairs:
+# flatten the masks, and all intersections are one matrix product.
 
 # %%
-def check_mask_iou(fn):
-    assert abs(fn(a, b) - 4 / 17) < 1e-12, f"expected 4/17 for a and b, got {fn(a, b)}"
-    assert fn(a, a) == 1.0, "a mask with itself: 1"
+def check_mask_iou_matrix(fn):
+    def pairwise(m1, m2):  # the reference, one pair at a time
+        out = np.zeros((len(m1), len(m2)))
+        for i, x in enumerate(m1):
+            for j, y in enumerate(m2):
+                union = np.sum(x | y)
+                out[i, j] = np.sum(x & y) / union if union else 0.0
+        return out
+
     empty = np.zeros_like(a)
-    assert fn(empty, empty) == 0.0, "two empty masks: 0"
-    assert fn(a, ~a) == 0.0, "disjoint masks: 0"
+    hand1, hand2 = np.stack([a, b, empty]), np.stack([a, b, ~a, empty])
+    got = np.asarray(fn(hand1, hand2), np.float64)
+    assert got.shape == (3, 4), f"3 x 4 masks: expected shape (3, 4), got {got.shape}"
+    np.testing.assert_allclose(got[:2, :2], [[1, 4 / 17], [4 / 17, 1]], rtol=1e-6,
+                               err_msg="a and b: IoU 4/17, each with itself 1")
+    np.testing.assert_allclose(got, pairwise(hand1, hand2), rtol=1e-6, atol=1e-12,
+                               err_msg="all pairs, with an empty mask (IoU 0, never NaN)")
+    rng = np.random.default_rng(0)
+    m1, m2 = rng.uniform(size=(5, 12, 16)) < 0.3, rng.uniform(size=(4, 12, 16)) < 0.6
+    np.testing.assert_allclose(np.asarray(fn(m1, m2), np.float64), pairwise(m1, m2), rtol=1e-6,
+                               err_msg="random masks")
 
 
-def my_mask_iou(a, b):
+def my_mask_iou_matrix(masks1, masks2):
     raise NotImplementedError
 
 
 try:
-    check_mask_iou(my_mask_iou)
+    check_mask_iou_matrix(my_mask_iou_matrix)
     print("correct!")
 except NotImplementedError:
     print("not attempted yet")
