@@ -751,8 +751,8 @@ except NotImplementedError:
     print("not attempted yet")
 
 # %% [markdown]
-# **Exercise 4: average recall.** The `recall()` of section 7 counts objects with a proposal at one
-# IoU threshold. Proposal quality is usually reported as *average recall* (AR, Hosang et al. 2016;
+# **Exercise 4: average recall.** The `recall()` of the proposals section counts objects with a
+# proposal at one IoU threshold. Proposal quality is usually reported as *average recall* (AR, Hosang et al. 2016;
 # the FPN paper's table for the RPN): the recall averaged over the IoU thresholds 0.5, 0.55, ...,
 # 0.95, which rewards proposals that fit tightly. Write `my_average_recall(proposals (P, 4),
 # valid (P,), gt (n, 4))`.
