@@ -16,6 +16,7 @@ import functools
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mrcnn_jax.nms import _greedy_nms, nms_tiled
@@ -41,7 +42,7 @@ def inputs(n, num_classes, seed=0):
 
 
 def greedy_with_count(boxes, scores, classes, threshold, k):
-    candidate = np.ones(scores.shape, bool)
+    candidate = jnp.ones(scores.shape, bool)
     indices, valid = _greedy_nms(boxes, scores, classes, candidate, threshold, k)
     return indices, valid, valid.sum()  # one loop iteration per kept box
 
