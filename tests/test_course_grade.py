@@ -137,3 +137,22 @@ def test_check_that_never_reports_is_not_run(tmp_path, monkeypatch):
         ("smooth_l1", "correct"), ("average_precision", "not run")]
     assert report["score"] == 0.5
     assert "not run" in grade.format_table(report)
+
+
+def test_expected_exercises_are_calls_of_imported_course_checks():
+    text = """# %%
+from mrcnn_jax.course import check_box_iou as iou_check, check_nms
+import mrcnn_jax.course as course
+
+# %%
+def check_smooth_l1(fn):  # the notebook's own check, not the course's
+    pass
+
+
+check_smooth_l1(None)
+course.check_map_levels(None)
+iou_check(None)
+%time check_nms(None)
+"""
+    notebook = jupytext.reads(text, fmt="py:percent")
+    assert grade.expected_exercises(notebook) == ["map_levels", "box_iou", "nms"]

@@ -20,7 +20,7 @@ WITH_SOLUTIONS = [t for t in TWINS if student_edition.BEGIN in t.read_text()]
 def test_every_core_exercise_is_checked_in_a_notebook():
     called = set()
     for twin in TWINS:
-        called |= set(re.findall(r"\bcheck_(\w+)\s*\(", twin.read_text())) & set(CHECKS)
+        called |= set(grade.expected_exercises(jupytext.read(twin)))
     assert called == set(CHECKS), f"exercises no notebook checks: {set(CHECKS) - called}"
 
 

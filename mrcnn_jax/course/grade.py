@@ -7,7 +7,9 @@ records its outcome (``core.record``) as one JSON line in the file named by the 
 variable ``MRCNN_COURSE_RESULTS``. This command sets that variable to a fresh file, runs the
 notebook top to bottom with nbclient (kernel ``python3``; a cell that fails does not stop the
 run, so one wrong exercise does not hide the others), and reads the lines back. The exercises a
-notebook *should* report are the ``check_<exercise>(`` calls in its code cells; one that never
+notebook *should* report are its calls of checks imported from ``mrcnn_jax.course`` (``from
+mrcnn_jax.course import check_x`` then ``check_x(...)``, or ``course.check_x(...)``; a
+notebook's own function that happens to share a check's name does not count); one that never
 reported (its cell did not run to the check, or was deleted) is ``not run``.
 
 Statuses: ``correct``, ``wrong`` (with the check's first failure), ``not attempted`` (the
@@ -19,6 +21,7 @@ runs with the grader's rights: run untrusted submissions in a container or a thr
 """
 
 import argparse
+import ast
 import json
 import os
 import pathlib
@@ -29,18 +32,45 @@ import tempfile
 from mrcnn_jax.course.core import CORRECT, NOT_ATTEMPTED, RESULTS_ENV, WRONG
 
 NOT_RUN = "not run"
-_CHECK_CALL = re.compile(r"\bcheck_(\w+)\s*\(")
+_SHELL = re.compile(r"^\s*(!|%%).*$", re.M)  # shell lines and cell magics: dropped
+_LINE_MAGIC = re.compile(r"^(\s*)%\w+\s*", re.M)  # `%time f(x)` is read as `f(x)`
+
+
+def _course_calls(tree, imported):
+    """Course check names called in one cell, in source order; ``imported`` (local name ->
+    exercise) grows with the cell's ``from mrcnn_jax.course import check_*``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "mrcnn_jax.course":
+            for alias in node.names:
+                if alias.name.startswith("check_"):
+                    imported[alias.asname or alias.name] = alias.name[len("check_"):]
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in imported:
+            found.append((node.lineno, node.col_offset, imported[func.id]))
+        elif isinstance(func, ast.Attribute) and func.attr.startswith("check_") and (
+                ast.unparse(func.value).endswith("course")):
+            found.append((node.lineno, node.col_offset, func.attr[len("check_"):]))
+    return [name for _, _, name in sorted(found)]
 
 
 def expected_exercises(notebook):
-    """Exercise names checked by the notebook's code cells, in order of first appearance."""
+    """Exercises checked by the notebook's code cells with checks imported from
+    ``mrcnn_jax.course``, in order of first appearance."""
     from mrcnn_jax.course import CHECKS
 
-    names = []
+    names, imported = [], {}
     for cell in notebook.cells:
         if cell.cell_type != "code":
             continue
-        for name in _CHECK_CALL.findall(cell.source):
+        try:
+            tree = ast.parse(_LINE_MAGIC.sub(r"\1", _SHELL.sub("", cell.source)))
+        except SyntaxError:  # a cell the grader cannot read still runs; it just adds no names
+            continue
+        for name in _course_calls(tree, imported):
             if name in CHECKS and name not in names:
                 names.append(name)
     return names
