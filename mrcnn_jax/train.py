@@ -110,7 +110,10 @@ def build(args):
     return mesh, model, optimizer, read, run, names
 
 
-def validation_loss(model, args, data, mesh, batches=4):
+def validation_loss(model, args, data, mesh=None, batches=4):
+    """Mean loss terms over ``batches`` validation batches (default mesh: every visible device,
+    as the command's)."""
+    mesh = make_mesh() if mesh is None else mesh
     source = shapes_source("validation", args.data_dir, **data)
     local = args.batch_size // jax.process_count()
     loader = make_loader(source, local, image_size=args.image_size,
