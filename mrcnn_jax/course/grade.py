@@ -137,12 +137,13 @@ def grade_notebook(path, timeout=600, fast=True, kernel_name="python3", workdir=
             "error": _first_error(executed)}
 
 
-def _short(message, width=90):
+def _short(message, width=110):
+    """The hint (if any) first, then the failing case, cut to ``width`` characters."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     hint = next((line for line in lines if line.startswith("hint:")), None)
     text = lines[0] if lines else ""
     if hint:
-        text += " " + hint
+        text = f"{hint} -- {text}"
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
