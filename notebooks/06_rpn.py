@@ -728,11 +728,11 @@ def check_rpn_box_loss(fn):
         assert abs(got - expected) < 1e-5 * max(1.0, expected), f"beta={beta}: expected {expected}, got {got}"
     got = float(fn(jnp.zeros((2, 4)), jnp.ones((2, 4)), jnp.array([True, False]), jnp.array([True, True]), 0.0))
     assert abs(got - 2.0) < 1e-6, f"one positive off by 1 in each of 4 deltas, 2 sampled: expected 2.0, got {got}"
+    single = {key: value[None] for key, value in targets.items()}
     for beta in (1 / 9, 0.0):
-        grad = np.asarray(jax.grad(lambda d: fn(d, targets["deltas"], targets["positive"], targets["sampled"], beta))(
+        grad = np.asarray(jax.grad(lambda d, b=beta: fn(d, targets["deltas"], targets["positive"], targets["sampled"], b))(
             deltas_pred[0]))
-        single = {key: value[None] for key, value in targets.items()}
-        expected = np.asarray(jax.grad(lambda d: rpn_losses(logits[:1], d[None], single, beta)["rpn_box"])(
+        expected = np.asarray(jax.grad(lambda d, b=beta: rpn_losses(logits[:1], d[None], single, b)["rpn_box"])(
             deltas_pred[0]))
         assert np.all(np.isfinite(grad)), (
             f"beta={beta}: NaN in the gradient; jnp.where differentiates both branches, so handle "

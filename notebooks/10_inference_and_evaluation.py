@@ -744,26 +744,49 @@ except NotImplementedError:
     print("not attempted yet")
 
 # %% [markdown]
-# **Exercise 4: keep the confident ones.** Write `confident(out, threshold)` returning, for the
-# output of `predict` on one image (a dict of `boxes (D, 4)`, `scores (D,)`, `labels (D,)`,
-# `valid (D,)`), the number of valid detections with score at least `threshold`, per class name:
-# a dict `{name: count}` over `NAMES[1:]`.
+# **Exercise 4: from the precision table to AP and AP50.** `coco_evaluate(...,
+# with_arrays=True)` returns each IoU type's `precision` table of shape `(T, R, K, A, M)`: 10 IoU
+# thresholds 0.5:0.95, 101 recall levels, `K` categories, 4 area ranges (all, small, medium,
+# large) and 3 detection caps (1, 10, 100), with `-1` where a category has no objects. Write
+# `my_ap_summary(precision) -> (AP, AP50)`: the means over the area range "all" and the last cap,
+# over all thresholds (AP) or the first one (AP50), of the entries that are not `-1`; `-1` if
+# every entry is.
 
 # %%
-def check_confident(fn):
-    one = {"boxes": np.zeros((4, 4)), "scores": np.array([0.9, 0.6, 0.5, 0.0]),
-           "labels": np.array([1, 1, 3, 0]), "valid": np.array([True, True, True, False])}
-    expected = {NAMES[1]: 2, NAMES[2]: 0, NAMES[3]: 1}
-    assert fn(one, 0.5) == expected, f"expected {expected}, got {fn(one, 0.5)}"
-    assert fn(one, 0.95) == {name: 0 for name in NAMES[1:]}
+def check_ap_summary(fn):
+    from mrcnn_jax.evaluation import _summarize  # the package's own summary, as the oracle
+
+    def table(values_for_category):
+        precision = np.full((10, 101, len(values_for_category), 4, 3), 0.123)  # other slices
+        for k, value in enumerate(values_for_category):
+            precision[:, :, k, 0, 2] = value
+        return precision
+
+    got = fn(table([0.8, -1.0]))
+    assert np.allclose(got, (0.8, 0.8)), (
+        f"category 0 at 0.8, category 1 without objects (-1): expected (0.8, 0.8), got {got}; "
+        "skip the -1 entries, and read area 'all' (index 0) and the last cap (index -1)")
+    ramp = table([0.0])
+    ramp[:, :, 0, 0, 2] = np.linspace(1.0, 0.1, 10)[:, None]  # precision falls with the threshold
+    got = fn(ramp)
+    assert np.allclose(got, (0.55, 1.0)), f"expected AP 0.55 (mean over thresholds), AP50 1.0; got {got}"
+    got = fn(table([-1.0, -1.0]))
+    assert np.allclose(got, (-1, -1)), f"no category has objects: expected (-1, -1), got {got}"
+    rng = np.random.default_rng(0)
+    precision = rng.uniform(size=(10, 101, 5, 4, 3))
+    precision[:, :, 2] = -1.0
+    stats = _summarize(precision, -np.ones((10, 5, 4, 3)))
+    got = fn(precision)
+    assert np.allclose(got, (stats["AP"], stats["AP50"])), (
+        f"random table: expected {(stats['AP'], stats['AP50'])}, got {got}")
 
 
-def confident(out, threshold):
+def my_ap_summary(precision):
     raise NotImplementedError
 
 
 try:
-    check_confident(confident)
+    check_ap_summary(my_ap_summary)
     print("correct!")
 except NotImplementedError:
     print("not attempted yet")
