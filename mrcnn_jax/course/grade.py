@@ -175,6 +175,12 @@ def main(argv=None):
                         help="run in the full setting (default: MRCNN_JAX_FAST=1)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (python3)")
     args = parser.parse_args(argv)
+    try:
+        import nbclient  # noqa: F401
+        import nbformat  # noqa: F401
+    except ImportError as error:
+        parser.error(f"{error.name} is missing: pip install nbclient nbformat ipykernel "
+                     "(all in requirements.txt)")
     reports = []
     for path in args.notebooks:
         if not path.is_file():

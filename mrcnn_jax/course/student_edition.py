@@ -124,6 +124,10 @@ def main(argv=None):
                         help="repository folder the Colab badges should open (default: --out "
                              "relative to the repository, when inside it)")
     args = parser.parse_args(argv)
+    try:
+        import jupytext  # noqa: F401
+    except ImportError:
+        parser.error("jupytext is missing: pip install jupytext (it is in requirements.txt)")
     badge_dir = args.badge_dir if args.badge_dir is not None else _default_badge_dir(args.out)
     try:
         for source in args.sources:
