@@ -622,3 +622,21 @@ def test_results_file_gets_one_json_line_per_check(tmp_path, monkeypatch):
     lines = path.read_text().splitlines()
     assert [line.split('"status": ')[1].split('"')[1] for line in lines] == [
         "not attempted", "correct"]
+
+
+def returns_none(*args, **kwargs):
+    return None
+
+
+def raises_value_error(*args, **kwargs):
+    raise ValueError("boom")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("bad", [returns_none, raises_value_error], ids=["none", "raises"])
+def test_garbage_is_wrong_with_a_message(name, bad):
+    with pytest.raises(AssertionError) as info:
+        course.CHECKS[name](bad)
+    assert str(info.value).startswith("case '"), str(info.value)
+    if bad is raises_value_error:
+        assert "your function raised ValueError: boom" in str(info.value)

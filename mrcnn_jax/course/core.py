@@ -164,6 +164,9 @@ def call_jit(case, fn, *args, static_argnums=(), **kwargs):
 
 def _fmt(value):
     with np.printoptions(precision=5, threshold=24, edgeitems=3, suppress=True, linewidth=100):
+        if isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype,
+                                                                  jax.dtypes.prng_key):
+            return f"PRNG key, shape {value.shape}"
         if isinstance(value, (np.ndarray, jax.Array)):
             value = np.asarray(value)
             return f"shape {value.shape} {value.dtype}: {np.array2string(value)}".replace(
