@@ -50,6 +50,8 @@ class RPNConfig:
     score_threshold: float = 0.0
     min_size: float = 1e-3  # torchvision remove_small_boxes in filter_proposals
     smooth_l1_beta: float = 1.0 / 9  # torchvision; detectron2 uses 0 (L1)
+    # "greedy", "tiled" (same boxes, fewer loop trips) or "auto": greedy on CPU, tiled on GPU/TPU
+    nms_algorithm: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +82,7 @@ class RoIHeadsConfig:
     min_size: float = 1e-2  # torchvision remove_small_boxes in postprocess_detections
     paste_rule: str = "torchvision"  # or "exact" (detectron2): see paste_masks.paste_masks
     mask_flip_test: bool = False  # average each mask with the mirrored image's (inference.py)
+    nms_algorithm: str = "auto"  # as RPNConfig.nms_algorithm
 
 
 @dataclasses.dataclass(frozen=True)

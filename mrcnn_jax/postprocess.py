@@ -36,7 +36,8 @@ def detect_boxes(class_logits, box_deltas, proposals, proposal_valid, image_size
     wide = (boxes[:, 2] - boxes[:, 0] >= cfg.min_size) & (boxes[:, 3] - boxes[:, 1] >= cfg.min_size)
     ok = jnp.repeat(proposal_valid, k - 1) & (scores > cfg.score_threshold) & wide
     keep, valid = batched_nms(boxes, scores, labels, cfg.nms_threshold,
-                              cfg.detections_per_image, valid=ok)  # (D,)
+                              cfg.detections_per_image, valid=ok,
+                              algorithm=cfg.nms_algorithm)  # (D,)
     return {
         "boxes": jnp.where(valid[:, None], boxes[keep], 0.0),
         "scores": jnp.where(valid, scores[keep], 0.0),

@@ -119,5 +119,6 @@ def select_proposals(logits, deltas, anchors, level_sizes, image_size, cfg, trai
     scores = jax.nn.sigmoid(logits[picks])  # (Nc,)
     wide = (boxes[:, 2] - boxes[:, 0] >= cfg.min_size) & (boxes[:, 3] - boxes[:, 1] >= cfg.min_size)
     keep, valid = batched_nms(boxes, scores, levels, cfg.nms_threshold, post_n,
-                              valid=wide & (scores >= cfg.score_threshold))
+                              valid=wide & (scores >= cfg.score_threshold),
+                              algorithm=cfg.nms_algorithm)
     return boxes[keep], jnp.where(valid, scores[keep], 0.0), valid

@@ -129,3 +129,30 @@ def test_matches_torchvision_live():
         indices, valid, _ = tiled(boxes, scores, threshold, 500, 64, classes=classes)
         expected = torchvision.ops.batched_nms(tb, ts, tc, threshold).numpy()
         np.testing.assert_array_equal(np.asarray(indices)[np.asarray(valid)], expected)
+
+
+def test_model_predicts_the_same_with_tiled_nms():
+    """Proposals (per-level NMS, vmapped over images) and detections (per-class NMS) with
+    ``nms_algorithm="tiled"`` equal the greedy ones, so accelerators may take either."""
+    import dataclasses
+
+    from flax import nnx
+
+    from mrcnn_jax.config import small_config
+    from mrcnn_jax.inference import predict_raw
+    from mrcnn_jax.model import MaskRCNN
+
+    config = small_config(image_size=(64, 64))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (2, 64, 64, 3)).astype(np.uint8)
+    outputs = {}
+    for algorithm in ("greedy", "tiled"):
+        cfg = config.replace(
+            rpn=dataclasses.replace(config.rpn, nms_algorithm=algorithm),
+            roi_heads=dataclasses.replace(config.roi_heads, nms_algorithm=algorithm,
+                                          score_threshold=0.0))  # keep many detections
+        model = MaskRCNN(cfg, rngs=nnx.Rngs(0))
+        outputs[algorithm] = jax.tree.map(np.asarray, nnx.jit(predict_raw)(model, images))
+    assert outputs["greedy"]["valid"].sum() > 10
+    for key, value in outputs["greedy"].items():
+        np.testing.assert_array_equal(outputs["tiled"][key], value, err_msg=key)
