@@ -431,6 +431,7 @@ def wrong_mask_targets_by_roi(gt_masks, gt_boxes, rois, matched_gt, image_size, 
 
 
 def wrong_smooth_l1_nan_grad(x, beta):
+    x = jnp.asarray(x)
     return jnp.where(jnp.abs(x) < beta, 0.5 * x ** 2 / beta, jnp.abs(x) - 0.5 * beta)
 
 

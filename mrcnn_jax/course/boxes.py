@@ -35,7 +35,8 @@ def _plus_one_iou(b1, b2):
     rb = np.minimum(b1[:, None, 2:], b2[None, :, 2:])
     wh = np.clip(rb - lt + 1, 0, None)
     inter = wh[..., 0] * wh[..., 1]
-    return inter / (area(b1)[:, None] + area(b2)[None, :] - inter)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return inter / (area(b1)[:, None] + area(b2)[None, :] - inter)
 
 
 def _unclamped_iou(b1, b2):
@@ -46,7 +47,8 @@ def _unclamped_iou(b1, b2):
     inter = wh[..., 0] * wh[..., 1]
     a1 = np.asarray(oracle.box_area(b1))
     a2 = np.asarray(oracle.box_area(b2))
-    return inter / (a1[:, None] + a2[None, :] - inter)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a mistake model may divide by 0
+        return inter / (a1[:, None] + a2[None, :] - inter)
 
 
 def _iou_mistakes(b1, b2):
