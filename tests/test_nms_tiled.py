@@ -36,8 +36,8 @@ def check_same(boxes, scores, threshold, k, tile, valid=None, classes=None):
     return int(iterations), int(np.asarray(want[1]).sum())
 
 
-@pytest.mark.parametrize("tile", [1, 7, 64, 1000])
-@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 1.0])
+@pytest.mark.parametrize("tile", [1, 64, 1000])
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 0.7, 1.0])
 def test_random_boxes_equal_greedy(tile, threshold):
     rng = np.random.default_rng(int(threshold * 10) + tile)
     boxes, scores = random_boxes(rng, 300), rng.uniform(size=300).astype(np.float32)
@@ -46,7 +46,7 @@ def test_random_boxes_equal_greedy(tile, threshold):
         assert 0 < kept <= k
 
 
-@pytest.mark.parametrize("tile", [3, 16, 64])
+@pytest.mark.parametrize("tile", [3, 64])
 def test_tied_scores_keep_the_lower_index(tile):
     rng = np.random.default_rng(3)
     boxes = random_boxes(rng, 120, spread=60.0)
@@ -58,7 +58,7 @@ def test_tied_scores_keep_the_lower_index(tile):
     check_same(boxes, all_tied, 0.5, 120, tile)
 
 
-@pytest.mark.parametrize("tile", [4, 32, 100])
+@pytest.mark.parametrize("tile", [4, 100])
 def test_all_overlapping_keeps_only_the_best(tile):
     rng = np.random.default_rng(5)
     boxes = np.tile(np.float32([[10, 10, 50, 50]]), (100, 1))
