@@ -13,6 +13,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mrcnn-jax/mrcnn_jax/blob/v0.2.0/notebooks/00_data.ipynb)
+#
 # # 00 · Data: instance-segmentation examples in fixed-shape batches
 #
 # *What Mask R-CNN learns from, and how `mrcnn_jax.data` serves it to a jitted train step.*
@@ -26,6 +28,25 @@
 # - why batches are padded to a fixed size with a `valid` flag, and what resize, flip and mask
 #   crops do to boxes and masks;
 # - how to point the same pipeline at COCO or at your own COCO-format data.
+
+# %%
+# Colab setup: on Colab, fetch this project at the notebooks' revision and install what the
+# runtime lacks (the logic is mrcnn_jax/colab.py); anywhere else this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import importlib.util
+    import os
+    import subprocess
+
+    REPO = "/content/mrcnn_jax"
+    if not os.path.isdir(REPO):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", "v0.2.0",
+                        "https://github.com/mrcnn-jax/mrcnn_jax", REPO], check=True)
+    spec = importlib.util.spec_from_file_location("colab_setup", f"{REPO}/mrcnn_jax/colab.py")
+    colab_setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(colab_setup)
+    colab_setup.setup(REPO)  # installs, moves into notebooks/, prints jax.devices()
 
 # %%
 import json
@@ -195,8 +216,9 @@ print("flips in this batch:", flipped["flipped"].astype(int))
 
 # %% [markdown]
 # Full-size masks cost `G x H x W` per image: fine at 128x128, far too much at COCO sizes
-# (100 x 1024^2). With `mask_size=M` each mask is instead sampled **inside its own box** at
-# `M x M` (28 here; 112 is common for real data), which is all a mask head needs.
+# (100 slots x 1333², about 178 million mask pixels per image). With `mask_size=M` each mask is
+# instead sampled **inside its own box** at `M x M` (28 here; the COCO example in section 6 uses
+# 112), which is all a mask head needs.
 
 # %%
 crops = next(iter(make_loader(train, batch_size=8, image_size=128, max_instances=G,
@@ -213,8 +235,10 @@ for g in range(n):
 fig.tight_layout()
 
 # %% [markdown]
-# Same seed, same batches (shuffling and flips come from grain's per-example generators); other
-# seeds shuffle differently. `worker_count=2` runs the same work in two processes.
+# `make_loader` is built on Google's [grain](https://github.com/google/grain) data loader, which
+# draws each example's shuffle position and flip from a generator seeded per example. So the same
+# seed gives the same batches and other seeds shuffle differently; `worker_count=2` would run the
+# same work in two worker processes with the same result (not shown here).
 
 # %%
 def ids(seed):
@@ -232,10 +256,11 @@ assert not np.array_equal(ids(0), ids(1))
 # The COCO annotation format (`images`, `annotations` with `bbox` `[x, y, w, h]` and
 # `segmentation` as polygons or RLE, `categories`) is what most labelling tools export.
 # `prepare_coco(annotation_file, image_dir, name=...)` writes it in the same record layout, with
-# masks decoded by pycocotools, category ids mapped to labels `1..K` (names kept), crowd regions
-# flagged, and bad input (corrupt images, zero-area or out-of-image boxes, unknown categories)
-# skipped and counted. Here we export three shapes images as a tiny COCO dataset, each mask as
-# compressed RLE (exact; polygons would be approximations), and read it back.
+# masks decoded by pycocotools, category ids mapped to labels 1, 2, ... in increasing id order
+# (0 stays background; names kept), crowd regions flagged, and bad input (corrupt images,
+# zero-area or out-of-image boxes, unknown categories) skipped and counted. Here we export three
+# shapes images as a tiny COCO dataset, each mask as compressed RLE (exact; polygons would be
+# approximations), and read it back.
 
 # %%
 from pycocotools import mask as mask_utils
@@ -279,8 +304,9 @@ np.testing.assert_array_equal(back["labels"], parse_example(train[0])["labels"])
 #
 # Why not `tfds.load("coco/2017")`? TFDS's COCO has **boxes only, no masks** (and its builder
 # needs TensorFlow). TFDS `lvis` does store per-instance masks in this very layout; once it is
-# prepared (27 GB of COCO images), `lvis_source("validation")` reads it with
-# `download=False`, so nothing is ever fetched behind your back.
+# prepared (TFDS downloads the COCO 2017 images and LVIS annotations for it, over 25 GB),
+# `lvis_source("validation")` reads it with `download=False`, so nothing is ever fetched behind
+# your back.
 
 # %%
 coco_batch = next(iter(make_loader(mini, batch_size=2, min_size=96, max_size=160,
@@ -292,13 +318,13 @@ print("content sizes", coco_batch["image_sizes"].tolist(), "scales", coco_batch[
 # ## Summary
 #
 # - An instance-segmentation example is an image plus, per object, a box `(x1, y1, x2, y2)` in
-#   pixels, a label (`1..K`, with 0 = background) and a mask; boxes are tight around masks with
+#   pixels, a label (1, 2, ...; 0 is background) and a mask; boxes are tight around masks with
 #   pixel `(i, j)` covering `[j, j+1) x [i, i+1)`.
 # - `shapes` is a TFDS builder drawn in numpy and written as ArrayRecord in about a second per
 #   500 images; `tfds.data_source` reads it without TensorFlow.
-# - `make_loader` (grain) gives fixed-shape batches: images padded to `S x S`, ground truth padded
-#   to `G` slots with `valid`, truncation counted, seeded shuffling and flips, full masks or
-#   `M x M` crops in the boxes.
+# - `make_loader` (grain) gives fixed-shape batches: images padded to `max_size x max_size`
+#   (`image_size x image_size` for shapes), ground truth padded to `G` slots with `valid`,
+#   truncation counted, seeded shuffling and flips, full masks or `M x M` crops in the boxes.
 # - COCO and any COCO-format export go through `prepare_coco`, TFDS `lvis` through
 #   `lvis_source`; the batches look the same.
 #

@@ -11,6 +11,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mrcnn-jax/mrcnn_jax/blob/v0.2.0/notebooks/01_boxes_iou_and_box_coding.ipynb)
+#
 # # 01 · Boxes, IoU and box coding
 #
 # *The geometry every later stage of Mask R-CNN stands on: how a box is written, how two boxes
@@ -28,6 +30,25 @@
 #
 # Every function is written here first in plain `jax.numpy`; the cell after it imports the
 # finished version from `mrcnn_jax` and asserts the two agree.
+
+# %%
+# Colab setup: on Colab, fetch this project at the notebooks' revision and install what the
+# runtime lacks (the logic is mrcnn_jax/colab.py); anywhere else this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import importlib.util
+    import os
+    import subprocess
+
+    REPO = "/content/mrcnn_jax"
+    if not os.path.isdir(REPO):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", "v0.2.0",
+                        "https://github.com/mrcnn-jax/mrcnn_jax", REPO], check=True)
+    spec = importlib.util.spec_from_file_location("colab_setup", f"{REPO}/mrcnn_jax/colab.py")
+    colab_setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(colab_setup)
+    colab_setup.setup(REPO)  # installs, moves into notebooks/, prints jax.devices()
 
 # %%
 import math
@@ -145,8 +166,9 @@ plt.show()
 # the intersection once because both areas counted it.
 #
 # By hand: `400 / (1600 + 1600 - 400) = 400 / 2800 = 1/7 ≈ 0.143`. Two boxes that look quite
-# overlapping have a small IoU: the RPN will call an anchor "object" only at IoU ≥ 0.7, and the
-# box head a proposal "foreground" at IoU ≥ 0.5.
+# overlapping have a small IoU: the RPN calls an anchor "object" at IoU ≥ 0.7 (and, through a
+# "low-quality" rule, each object's best-matching anchors; notebook 06), and the box head calls a
+# proposal "foreground" at IoU ≥ 0.5.
 
 # %%
 iou_ab = inter_ab / (area(box_a) + area(box_b) - inter_ab)
@@ -157,7 +179,8 @@ assert math.isclose(float(iou_ab), 1 / 7, rel_tol=1e-6)
 # ## 5. All pairs at once: broadcasting
 #
 # The detector compares *every* anchor with *every* ground-truth box: `N` boxes against `M`
-# boxes gives an `(N, M)` IoU matrix. Instead of a double loop, insert axes so that
+# boxes gives an `(N, M)` IoU matrix (from here on, `N` and `M` in this notebook count boxes, not
+# images as in NHWC). Instead of a double loop, insert axes so that
 # `boxes1[:, None, :]` is `(N, 1, 4)` and `boxes2[None, :, :]` is `(1, M, 4)`; every elementwise
 # operation then broadcasts to `(N, M, ...)`.
 
@@ -185,6 +208,7 @@ iou_matrix = pairwise_iou_v1(boxes1, boxes2)
 print(np.round(np.asarray(iou_matrix), 4))
 assert math.isclose(float(iou_matrix[0, 2]), 1 / 7, rel_tol=1e-6)  # A vs B, as by hand
 assert float(iou_matrix[0, 0]) == 1.0 and float(iou_matrix[3, 0]) == 0.0
+assert math.isclose(float(iou_matrix[0, 1]), 900 / 2300, rel_tol=1e-6)  # A vs A + 10 px
 
 # %%
 fig, (ax,) = plotting.subplots(size=3.6)
@@ -200,10 +224,12 @@ fig.colorbar(im, ax=ax, fraction=0.046)
 plt.show()
 
 # %% [markdown]
-# A 10-pixel shift of a 40-pixel box already drops the IoU to 0.39: IoU is a demanding measure
-# for small boxes.
+# Moving a 40-pixel box by 10 pixels right *and* 10 down (column "A + 10 px") already drops its
+# IoU with the unmoved box to 900 / 2300 ≈ 0.39; a 10-pixel shift along one axis alone gives
+# 1200 / 2000 = 0.6. IoU is a demanding measure for small boxes.
 #
-# Now the package's `box_iou` on the same boxes, and on a few hundred random ones.
+# Now the package's `box_iou` on the same boxes, and on `NUM_RANDOM` random boxes against
+# `NUM_RANDOM // 4` others (the shape of the matrix is printed).
 
 # %%
 np.testing.assert_allclose(pairwise_iou_v1(boxes1, boxes2), mrcnn_jax.box_iou(boxes1, boxes2), rtol=1e-6)
@@ -238,11 +264,12 @@ print("naive area:", area(degenerate))
 print("naive IoU with A and with the point:\n", pairwise_iou_v1(degenerate, jnp.stack([box_a, degenerate[1]])))
 
 # %% [markdown]
-# The negative area of the inverted box even changes the union of *other* boxes, and the point
-# vs itself gives `nan` (torchvision gives the same negative area and `nan`). `mrcnn_jax`
-# documents one rule instead (see the docstring of `mrcnn_jax.boxes`): **an inverted side counts
-# as zero**, so an inverted box has zero area and IoU 0 with everything, and **IoU is 0 where the
-# union is empty**. Clamp the sides, and guard the division with `jnp.where`.
+# Three `nan`s: the line and the point have zero area, so against the point their union is 0 and
+# the IoU is `0 / 0`; the inverted box's area of -1600 cancels A's +1600, so that union is 0 too
+# (and against the point it gives `-0`). torchvision computes the same negative area (section
+# 10). `mrcnn_jax` documents one rule instead (see the docstring of `mrcnn_jax.boxes`): **an
+# inverted side counts as zero**, so an inverted box has zero area and IoU 0 with everything, and
+# **IoU is 0 where the union is empty**. Clamp the sides, and guard the division with `jnp.where`.
 
 # %%
 def box_area(boxes):
@@ -334,11 +361,12 @@ print("twice / half as wide:", encode(jnp.array([0.0, 0, 80, 40]), jnp.array([20
 # ### The weights: (1, 1, 1, 1) for the RPN, (10, 10, 5, 5) for the box head
 #
 # The deltas are multiplied by weights `(wx, wy, ww, wh)` before the loss sees them. The RPN
-# starts from anchors that can be far off, so its deltas are already of order 1: weights
-# `(1, 1, 1, 1)`. The box head starts from *proposals* that already overlap the object (IoU ≥ 0.5),
-# so its deltas are small; `(10, 10, 5, 5)` (Detectron's choice, kept by torchvision) scales
-# them back up to order 1, which suits the smooth-L1 loss and the initialisation of the head.
-# Below: many random proposals with IoU ≥ 0.5 around one object, encoded both ways.
+# keeps Faster R-CNN's unweighted deltas, `(1, 1, 1, 1)`. The box head's inputs are *proposals*
+# that already overlap the object (IoU ≥ 0.5), so their deltas are small, a fraction of the box
+# size; Detectron multiplies them by `(10, 10, 5, 5)` (kept by torchvision), which brings them to
+# order 1. Below: many random proposals with IoU ≥ 0.5 around one object (jittered by 10 % of its
+# size and by 0.15 in log size), encoded both ways. The printed spreads: about 0.1 to 0.15 with
+# the RPN weights, about 1 (centre) and 0.75 (size) with the box-head weights.
 
 # %%
 gt_obj = np.array([200.0, 150.0, 360.0, 270.0], np.float32)  # a 160 x 120 object
@@ -355,6 +383,7 @@ print(f"{len(proposals)} foreground proposals")
 print("std of (dx, dy, dw, dh), weights (1, 1, 1, 1):  ", np.round(np.std(targets_rpn, axis=0), 3))
 print("std of (dx, dy, dw, dh), weights (10, 10, 5, 5):", np.round(np.std(targets_roi, axis=0), 3))
 np.testing.assert_allclose(targets_roi, targets_rpn * np.float32(ROI_BOX_WEIGHTS), rtol=1e-5, atol=1e-6)
+assert np.all(np.std(targets_rpn, axis=0) < 0.25) and np.all(np.std(targets_roi, axis=0) > 0.5)
 
 # %%
 fig, axes = plotting.subplots(ncols=2, size=3.6)
@@ -460,9 +489,9 @@ anchors_r = random_boxes(rng, NUM_RANDOM)
 boxes_r = random_boxes(rng, NUM_RANDOM)
 sides = lambda b: np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])  # (n,) shorter side
 keep = (sides(anchors_r) >= 4) & (sides(boxes_r) >= 4)  # size ratios stay below 120 / 4 < 62.5
-anchors_r, boxes_r = anchors_r[keep], boxes_r[keep]  # (K, 4) each
+anchors_r, boxes_r = anchors_r[keep], boxes_r[keep]  # (n, 4) each
 for weights in (RPN_BOX_WEIGHTS, ROI_BOX_WEIGHTS):
-    d = encode(boxes_r, anchors_r, weights)  # (K, 4)
+    d = encode(boxes_r, anchors_r, weights)  # (n, 4)
     np.testing.assert_allclose(decode(d, anchors_r, weights), boxes_r, atol=2e-3)
     np.testing.assert_allclose(d, mrcnn_jax.encode_boxes(boxes_r, anchors_r, weights), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(decode(d, anchors_r, weights), mrcnn_jax.decode_boxes(d, anchors_r, weights),

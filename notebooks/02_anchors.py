@@ -11,6 +11,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mrcnn-jax/mrcnn_jax/blob/v0.2.0/notebooks/02_anchors.ipynb)
+#
 # # 02 · Anchors
 #
 # *The fixed set of reference boxes, one set per FPN level, that the region proposal network
@@ -24,10 +26,29 @@
 # - the **order** of the anchors (position-major, then ratio), which the RPN head's outputs must
 #   follow;
 # - the **FPN levels** P2-P6 (sizes 32..512, strides 4..64) and how many anchors each gives;
-# - which anchors overlap an object with IoU > 0.7: what the RPN will learn from.
+# - which anchors overlap an object with IoU ≥ 0.7: what the RPN will learn from.
 #
 # We write `generate_anchors` here step by step and check it equals `mrcnn_jax.generate_anchors`
 # exactly.
+
+# %%
+# Colab setup: on Colab, fetch this project at the notebooks' revision and install what the
+# runtime lacks (the logic is mrcnn_jax/colab.py); anywhere else this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import importlib.util
+    import os
+    import subprocess
+
+    REPO = "/content/mrcnn_jax"
+    if not os.path.isdir(REPO):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", "v0.2.0",
+                        "https://github.com/mrcnn-jax/mrcnn_jax", REPO], check=True)
+    spec = importlib.util.spec_from_file_location("colab_setup", f"{REPO}/mrcnn_jax/colab.py")
+    colab_setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(colab_setup)
+    colab_setup.setup(REPO)  # installs, moves into notebooks/, prints jax.devices()
 
 # %%
 import math
@@ -55,6 +76,9 @@ print(f"FAST={FAST}; default sizes {DEFAULT_SIZES}, ratios {DEFAULT_ASPECT_RATIO
 #
 # By hand for `s = 32`, `r = 0.5`: `w = 32 / √0.5 = 45.25`, `h = 32 · √0.5 = 22.63`, half of
 # each is `22.63` and `11.31`, rounded: **`[-23, -11, 23, 11]`** (torchvision's own example).
+#
+# In this notebook's shape comments `R` is the number of aspect ratios (3 here); from notebook 04
+# on, `R` counts boxes instead.
 
 # %%
 size, ratios = 32, jnp.array([0.5, 1.0, 2.0], jnp.float32)
@@ -162,7 +186,8 @@ print(toy.shape, "\nfirst six:\n", toy[:6])
 # ### The missing half-stride offset
 #
 # The anchor centres (red dots) sit on the cell corners `0, 8, 16, 24`, never on the cell
-# centres `4, 12, 20, 28`; below, the size-16 anchors of the four corner positions are drawn. The consequence: the whole anchor set is shifted **half a stride up and
+# centres `4, 12, 20, 28`; below, the square (`r = 1`) size-16 anchors of the four corner
+# positions are drawn. The consequence: the whole anchor set is shifted **half a stride up and
 # left**. The top-left anchors stick out of the image, the bottom and right edges are covered
 # less, and the mean anchor centre is at `(W - stride) / 2` instead of `W / 2`. detectron2 calls
 # this `ANCHOR_GENERATOR.OFFSET` (its default is also 0.0; 0.5 would centre them). We keep
@@ -344,9 +369,12 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Anchor colours: blue r = 0.5, orange r = 1, red r = 2; grey dots are the anchor centres. P2's 32-pixel anchors match the small objects,
-# P4's 128-pixel anchors the triangle; P5 and P6 anchors (256, 512) are as big as or bigger than
-# the whole image: on a 256 x 256 input they can only match objects that fill it.
+# Anchor colours: blue r = 0.5, orange r = 1, red r = 2; grey dots are the anchor centres.
+# Compare sizes: P2's 32-pixel anchors suit the two squares (26 and 34 pixels wide), P3's
+# 64-pixel anchors the disc (64 pixels across), P4's 128-pixel anchors the triangle (128 x 96);
+# section 6 counts which of them actually reach IoU 0.7. P5 and P6 anchors (256, 512) are as big
+# as or bigger than the whole image: on a 256 x 256 input they can only match objects that fill
+# it.
 #
 # ## 6. Which anchors overlap an object? (what the RPN learns from)
 #
@@ -362,6 +390,8 @@ per_level_best = np.stack([iou[level_of == lv].max(axis=0) for lv in range(5)]) 
 print("anchors with IoU >= 0.7 (rows P2..P6, columns", object_names, "):\n", per_level_count)
 print("best IoU per level:\n", per_level_best.round(2))
 assert per_level_count[:, 0].sum() == 0  # the small square: no anchor reaches 0.7
+assert per_level_count[0, 1] > 0  # the square on P2
+assert abs(per_level_best[:, 0].max() - 0.66) < 0.01  # the small square's best anchor
 assert per_level_count[1, 2] > 0 and per_level_count[2, 3] > 0  # disc on P3, triangle on P4
 
 # %%

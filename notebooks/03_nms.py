@@ -11,6 +11,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mrcnn-jax/mrcnn_jax/blob/v0.2.0/notebooks/03_nms.ipynb)
+#
 # # 03 · Non-maximum suppression
 #
 # *A detector fires many overlapping boxes on every object; NMS keeps the best one of each
@@ -31,6 +33,25 @@
 # the finished version from `mrcnn_jax` and asserts the two agree.
 
 # %%
+# Colab setup: on Colab, fetch this project at the notebooks' revision and install what the
+# runtime lacks (the logic is mrcnn_jax/colab.py); anywhere else this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import importlib.util
+    import os
+    import subprocess
+
+    REPO = "/content/mrcnn_jax"
+    if not os.path.isdir(REPO):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", "v0.2.0",
+                        "https://github.com/mrcnn-jax/mrcnn_jax", REPO], check=True)
+    spec = importlib.util.spec_from_file_location("colab_setup", f"{REPO}/mrcnn_jax/colab.py")
+    colab_setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(colab_setup)
+    colab_setup.setup(REPO)  # installs, moves into notebooks/, prints jax.devices()
+
+# %%
 import os
 import time
 
@@ -43,6 +64,9 @@ import mrcnn_jax
 from mrcnn_jax import plotting
 
 FAST = os.environ.get("MRCNN_JAX_FAST", "0") == "1"
+# TPUs (and recent GPUs) run float32 matmuls and convolutions in bfloat16 or TF32 passes by default;
+# this notebook's asserts compare with CPU references, so ask for full float32 (no change on a CPU).
+jax.config.update("jax_default_matmul_precision", "highest")
 NUM_RANDOM = 300 if FAST else 2000  # random boxes for the agreement checks
 TIMING_SIZES = (250, 1000) if FAST else (250, 1000, 4000)  # N for the timing table
 TIMING_REPEATS = 3 if FAST else 10
@@ -204,13 +228,23 @@ before_after(boxes6, scores6, kept6)
 plt.show()
 
 # %% [markdown]
-# Now the cloud of section 1. One box survives per object; the stray boxes survive too because
-# nothing overlaps them, which is why the box head first drops boxes scoring below 0.05 and keeps
-# at most 100 detections (torchvision's defaults).
+# Now the cloud of section 1. The best box of each object is kept and suppresses the boxes that
+# overlap it by more than 0.5. NMS does not promise *one* box per object, though: a jittered box
+# that overlaps every better kept box by 0.5 or less survives as a second detection of the same
+# object (the run below counts them), and the stray boxes survive because nothing overlaps them.
+# This is why the box head also drops boxes scoring below a threshold and keeps at most a fixed
+# number of detections (torchvision's defaults: 0.05 and 100).
 
 # %%
 kept_cluster = greedy_nms(cluster, cluster_scores, 0.5)
 print("kept:", kept_cluster, " sources:", source[kept_cluster])
+for obj, name in enumerate(["object 0", "object 1", "stray"]):
+    mine = [i for i in kept_cluster if source[i] == obj]
+    print(f"{name}: {len(mine)} kept box(es) {mine}, scores {[round(float(x), 2) for x in cluster_scores[mine]]}")
+twice = [i for i in kept_cluster if source[i] == 0]
+if len(twice) > 1:
+    pair_iou = float(mrcnn_jax.box_iou(cluster[twice[:1]], cluster[twice[1:2]])[0, 0])
+    print(f"the two kept boxes of object 0 overlap by IoU {pair_iou:.2f} <= 0.5: neither suppresses the other")
 assert {0, 1} <= set(source[kept_cluster][:2])  # the two best kept boxes are the two objects
 
 fig, axes = plotting.subplots(ncols=2, size=4.0)
@@ -238,13 +272,17 @@ def confident_boxes(boxes, scores):
 
 
 for name, fn in [("boolean indexing", lambda: confident_boxes(boxes6, scores6)),
-                 ("greedy_nms under jit", lambda: jax.jit(greedy_nms, static_argnums=2)(boxes6, scores6, 0.5))]:
+                 ("greedy_nms under jit", lambda: jax.jit(greedy_nms, static_argnames="iou_threshold")(boxes6, scores6, 0.5))]:
     try:
         fn()
     except Exception as error:  # the exact error class differs: both are tracer errors
         print(f"{name}: {type(error).__name__}: {str(error).splitlines()[0][:110]}")
 
 # %% [markdown]
+# (`static_argnames="iou_threshold"` tells `jit` to treat that argument as a plain Python value
+# instead of tracing it; more on static arguments in section 4. Even so, the loop fails: the
+# boxes and scores are traced.)
+#
 # Shapes that change from call to call are not refused but **recompiled**: `jit` caches one
 # compiled program per input shape. The Python body of a jitted function only runs while
 # tracing, so a side effect in it counts compilations.
@@ -270,9 +308,9 @@ assert traces == [(4,), (5,), (6,)]
 # on nearly every image. So `mrcnn_jax` fixes the output length:
 #
 # - `nms(boxes, scores, iou_threshold, max_output_size)` always returns `max_output_size`
-#   indices `K` (a **static** Python int) and a boolean `valid (K,)`;
+#   indices (`N_out = max_output_size`, a **static** Python int) and a boolean `valid (N_out,)`;
 # - the valid indices come first, in descending score order, and equal
-#   `torchvision.ops.nms(...)[:K]`;
+#   `torchvision.ops.nms(...)[:N_out]`;
 # - padded slots hold index **0**: a harmless index you can gather with
 #   (`boxes[indices]` works), meaningless unless `valid` says so.
 
@@ -285,7 +323,7 @@ assert traces == [(4,), (5,), (6,)]
 # - sort once: `order = argsort(-scores)`; from now on work in sorted order;
 # - `alive (N,)`: boxes neither kept nor suppressed yet. The highest-scoring alive box is the
 #   **first** alive one, `argmax(alive)` (argmax returns the first maximum);
-# - keep it, write its original index into slot `count` of `keep (K,)`, and mark dead every box
+# - keep it, write its original index into slot `count` of `keep (N_out,)`, and mark dead every box
 #   whose IoU with it exceeds the threshold, in one vector operation.
 #
 # First the state, then one step at a time on the six boxes.
@@ -293,8 +331,8 @@ assert traces == [(4,), (5,), (6,)]
 # %%
 order = jnp.argsort(-jnp.asarray(scores6), stable=True)  # (N,) descending, ties by index
 sorted_boxes = jnp.asarray(boxes6)[order]  # (N, 4)
-K = 6
-state = (jnp.int32(0), jnp.ones(6, bool), jnp.zeros(K, jnp.int32))  # count, alive (N,), keep (K,)
+N_out = 6
+state = (jnp.int32(0), jnp.ones(6, bool), jnp.zeros(N_out, jnp.int32))  # count, alive (N,), keep (N_out,)
 print("order:", order)
 
 
@@ -319,9 +357,17 @@ assert keep[: int(count)].tolist() == kept6
 #
 # Under `jit` the Python `while` (which reads a value with `bool(...)`) becomes
 # `jax.lax.while_loop(cond, body, state)`: `cond` and `body` are traced once, and the state keeps
-# its shapes from one iteration to the next. The loop also stops when `K` boxes are kept.
-# (A `jax.lax.fori_loop` over `K` iterations would work too, but always runs `K` times, while
-# most calls keep far fewer boxes than `K` allows.)
+# its shapes from one iteration to the next. The loop also stops when `N_out` boxes are kept.
+# (A `jax.lax.fori_loop` over `N_out` iterations would work too, but always runs `N_out` times, while
+# most calls keep far fewer boxes than `N_out` allows.)
+#
+# **Static arguments.** `N_out = max_output_size` sets the length of `keep (N_out,)`, an output shape, so
+# `jit` must know it while tracing. `jax.jit(nms_fixed, static_argnames="max_output_size")` says
+# so: that argument is passed as an ordinary Python int (not traced), and `jit` compiles one
+# program per distinct value it sees (a static argument must be hashable). Everything that is
+# traced may change freely without recompiling; everything that shapes an array must be static.
+# In this notebook `N` is the number of candidate boxes and `N_out` this output cap (later
+# notebooks use `K` for the number of classes, as the Mask R-CNN paper does).
 
 # %%
 def nms_fixed(boxes, scores, iou_threshold, max_output_size, valid=None):
@@ -329,7 +375,7 @@ def nms_fixed(boxes, scores, iou_threshold, max_output_size, valid=None):
     order = jnp.argsort(-scores, stable=True)  # (N,)
     sorted_boxes = boxes[order]  # (N, 4)
     alive = jnp.ones(n, bool) if valid is None else jnp.asarray(valid, bool)[order]  # (N,)
-    keep = jnp.zeros(max_output_size, jnp.int32)  # (K,)
+    keep = jnp.zeros(max_output_size, jnp.int32)  # (N_out,)
 
     def cond(state):
         count, alive, _ = state
@@ -345,10 +391,11 @@ def nms_fixed(boxes, scores, iou_threshold, max_output_size, valid=None):
         return count + 1, alive, keep
 
     count, _, keep = jax.lax.while_loop(cond, body, (jnp.int32(0), alive, keep))
-    valid_out = jnp.arange(max_output_size) < count  # (K,)
+    valid_out = jnp.arange(max_output_size) < count  # (N_out,)
     return jnp.where(valid_out, keep, 0), valid_out
 
 
+# max_output_size fixes an output shape, so it must be known at trace time: a static argument
 nms_fixed_jit = jax.jit(nms_fixed, static_argnames="max_output_size")
 indices, valid = nms_fixed_jit(jnp.asarray(boxes6), jnp.asarray(scores6), 0.5, max_output_size=6)
 print("indices:", indices, " valid:", valid)
@@ -387,7 +434,7 @@ for threshold in (0.3, 0.5, 0.7):
             assert np.asarray(idx)[np.asarray(ok)].tolist() == expected, (threshold, k)
             assert np.all(np.asarray(idx)[~np.asarray(ok)] == 0)  # padding is index 0
     print(f"IoU threshold {threshold}: {len(greedy_nms(rand_boxes, rand_scores, threshold))} of "
-          f"{NUM_RANDOM} kept; greedy_nms, nms_fixed and mrcnn_jax.nms agree for K = 10, 100, {NUM_RANDOM}")
+          f"{NUM_RANDOM} kept; greedy_nms, nms_fixed and mrcnn_jax.nms agree for N_out = 10, 100, {NUM_RANDOM}")
 
 # %% [markdown]
 # ## 5. Padded candidates: the `valid` input
@@ -424,8 +471,13 @@ assert pkg_idx.tolist() == idx.tolist() and pkg_ok.tolist() == ok.tolist()
 # The box head scores every proposal for every class, and a person on a horse gives a
 # person box and a horse box that overlap a lot. They must not suppress each other: NMS runs
 # **per class**. torchvision's `batched_nms` does it with a trick: shift each class's boxes by
-# `class * (max coordinate + 1)` so boxes of different classes can never overlap, then run
-# one ordinary NMS. Shapes stay static, so the trick works under `jit` as is.
+# `class * (max coordinate + 1)`, then run one ordinary NMS. That keeps classes apart only when
+# every coordinate is at least 0 (true for boxes clipped to the image): class `c + 1` starts at
+# `min + (c + 1)(max + 1)`, which overlaps class `c` as soon as `min < -1`. Our random test boxes
+# below are not clipped and do go negative, so we shift by the whole **span** of the
+# coordinates instead: with `span = max - min + 1`, class `c` lies in `[min + c span,
+# max + c span]` and class `c + 1` begins beyond it, whatever the signs. Shapes stay static, so
+# the trick works under `jit` as is.
 
 # %%
 class_names = ["person", "horse"]
@@ -440,7 +492,8 @@ rider_classes = np.array([0, 0, 1, 1, 1], np.int32)
 
 
 def batched_nms_offsets(boxes, scores, classes, iou_threshold, max_output_size, valid=None):
-    offsets = classes.astype(jnp.float32) * (jnp.max(boxes) + 1.0)  # (N,) one region per class
+    span = jnp.max(boxes) - jnp.min(boxes) + 1.0  # wider than any box: also for negative coordinates
+    offsets = classes.astype(jnp.float32) * span  # (N,) one disjoint region per class
     return nms_fixed(boxes + offsets[:, None], scores, iou_threshold, max_output_size, valid)
 
 
@@ -476,6 +529,8 @@ plt.show()
 rng = np.random.default_rng(1)
 rand_classes = rng.integers(0, 5, NUM_RANDOM).astype(np.int32)
 rand_valid = rng.uniform(size=NUM_RANDOM) < 0.9  # 10 % padded candidates
+print(f"random boxes: coordinates from {rand_boxes.min():.1f} to {rand_boxes.max():.1f}")
+assert rand_boxes.min() < -1  # the case where torchvision's (max + 1) offset would not separate classes
 for threshold in (0.3, 0.5):
     mine = batched_nms_offsets(jnp.asarray(rand_boxes), jnp.asarray(rand_scores), jnp.asarray(rand_classes),
                                threshold, 100, valid=jnp.asarray(rand_valid))
@@ -534,7 +589,7 @@ for row in rows:
 
 # %% [markdown]
 # Read the table with care: the numbers depend on the machine and its load. Both of our loops
-# stop after `K = 100` kept boxes and do the same `kept x N` IoUs; the Python loop pays
+# stop after `N_out = 100` kept boxes and do the same `kept x N` IoUs; the Python loop pays
 # interpreter overhead for every box it visits, the compiled loop a fixed cost per iteration of
 # XLA's `while_loop` (small on an accelerator, noticeable on a CPU). `torchvision.ops.nms` always
 # processes all `N` boxes (we would slice its result afterwards), so with a cap and a large `N`
@@ -546,8 +601,8 @@ for row in rows:
 # ## 8. Optional: the same indices as torchvision
 #
 # torchvision is not a dependency of `mrcnn_jax`; if it is installed, `mrcnn_jax.nms` and
-# `batched_nms` must give exactly `torchvision.ops.nms(...)[:K]` and
-# `torchvision.ops.batched_nms(...)[:K]`.
+# `batched_nms` must give exactly `torchvision.ops.nms(...)[:N_out]` and
+# `torchvision.ops.batched_nms(...)[:N_out]`.
 
 # %%
 if torchvision is None:
@@ -574,9 +629,9 @@ else:
 # - A jitted function cannot return a data-dependent number of boxes (tracer errors), and new
 #   input shapes recompile. So `mrcnn_jax.nms` returns `max_output_size` indices plus `valid`,
 #   padded with index 0, valid ones first in descending score, equal to
-#   `torchvision.ops.nms(...)[:K]`.
+#   `torchvision.ops.nms(...)[:N_out]`.
 # - The fixed-shape algorithm: sort once, keep an `alive` mask, `argmax(alive)` is the next box
-#   to keep, one vector IoU suppresses its overlaps, `jax.lax.while_loop` until `K` kept or none
+#   to keep, one vector IoU suppresses its overlaps, `jax.lax.while_loop` until `N_out` kept or none
 #   alive.
 # - Padded candidates must be passed as `valid=False`: a `[0, 0, 0, 0]` box is never suppressed.
 # - Per-class NMS: offset boxes by class (torchvision) or test the class in the loop

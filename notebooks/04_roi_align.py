@@ -11,14 +11,17 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mrcnn-jax/mrcnn_jax/blob/v0.2.0/notebooks/04_roi_align.ipynb)
+#
 # # 04 · RoIAlign
 #
 # *Every proposal, whatever its size, becomes a fixed-size feature crop (7 x 7 for the box head,
 # 14 x 14 for the mask head), sampled by bilinear interpolation instead of rounded to cells.*
 #
 # **You will learn**
-# - what RoIPool (Fast R-CNN) does and how far its rounding moves a box: up to a cell, 16 input
-#   pixels at stride 16, which is fine for classification and bad for masks;
+# - what RoIPool (Fast R-CNN) does and how far its rounding moves a box's edges: up to half a
+#   cell at the top-left and up to a cell and a half at the bottom-right (8 and 24 input pixels at
+#   stride 16), which is fine for classification and bad for masks;
 # - bilinear interpolation by hand on a 4 x 4 map, with torchvision's border rules;
 # - where RoIAlign samples: bins, `sampling_ratio` points per bin, and the half-pixel shift of
 #   `aligned=True` (detectron2) versus torchvision's default `aligned=False`; why adaptive
@@ -30,6 +33,25 @@
 #
 # Every function is written here first in plain `numpy` / `jax.numpy`; the cell after it imports
 # the finished version from `mrcnn_jax` and asserts the two agree.
+
+# %%
+# Colab setup: on Colab, fetch this project at the notebooks' revision and install what the
+# runtime lacks (the logic is mrcnn_jax/colab.py); anywhere else this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import importlib.util
+    import os
+    import subprocess
+
+    REPO = "/content/mrcnn_jax"
+    if not os.path.isdir(REPO):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", "v0.2.0",
+                        "https://github.com/mrcnn-jax/mrcnn_jax", REPO], check=True)
+    spec = importlib.util.spec_from_file_location("colab_setup", f"{REPO}/mrcnn_jax/colab.py")
+    colab_setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(colab_setup)
+    colab_setup.setup(REPO)  # installs, moves into notebooks/, prints jax.devices()
 
 # %%
 import math
@@ -46,6 +68,9 @@ import mrcnn_jax
 from mrcnn_jax import plotting
 
 FAST = os.environ.get("MRCNN_JAX_FAST", "0") == "1"
+# TPUs (and recent GPUs) run float32 matmuls and convolutions in bfloat16 or TF32 passes by default;
+# this notebook's asserts compare with CPU references, so ask for full float32 (no change on a CPU).
+jax.config.update("jax_default_matmul_precision", "highest")
 NUM_RANDOM = 40 if FAST else 300  # random boxes for the agreement checks
 print(f"FAST={FAST}, NUM_RANDOM={NUM_RANDOM}")
 
@@ -159,21 +184,20 @@ print("error per edge (x1, y1, x2, y2) in input pixels:", q - disc_box)
 np.testing.assert_allclose(q - disc_box, [-2, 6, 14, 22])
 
 rng = np.random.default_rng(0)
-corners = np.sort(rng.uniform(0, 240, (10_000, 2, 2)), axis=1)  # (n, 2 corners sorted, xy)
+corners = np.sort(rng.uniform(0, 240, (2000, 2, 2)), axis=1)  # (n, 2 corners sorted, xy)
 random_boxes = np.concatenate([corners[:, 0], corners[:, 1]], axis=1)  # (n, 4) xyxy
-errors = np.stack([quantised_box(b) for b in random_boxes[:2000]]) - random_boxes[:2000]
-print("10 000 random boxes -> mean error per edge:", np.round(errors.mean(axis=0), 1),
+errors = np.stack([quantised_box(b) for b in random_boxes]) - random_boxes  # (n, 4)
+print(len(errors), "random boxes -> mean error per edge:", np.round(errors.mean(axis=0), 1),
       " mean |error|:", np.round(np.abs(errors).mean(axis=0), 1))
 assert np.all(np.abs(errors[:, :2]) <= 8) and np.all((errors[:, 2:] > 8) & (errors[:, 2:] <= 24))
 
 # %% [markdown]
 # The top-left edges are off by up to half a cell (8 pixels) either way; the bottom-right edges,
 # because the last cell is included, by 8 to 24 pixels, 16 on average: the region RoIPool reads
-# is systematically a cell too big. (The print above uses 2 000 of the boxes; the statistics do not
-# change with more.) For classifying a 100-pixel object that hardly matters; for a 28 x 28 mask
-# whose pixels are 4 input pixels wide at this size, it is a shift of several mask pixels. The
-# picture, with the 2 x 2 bins: note that the two rows of bins **overlap** by one cell, the second
-# rounding.
+# is systematically a cell too big. For classifying a 100-pixel object that hardly matters; for a
+# 28 x 28 mask whose pixels are 4 input pixels wide at this size, it is a shift of several mask
+# pixels. The picture, with the 2 x 2 bins: note that the two rows of bins **overlap** by one cell
+# (row 5 in the printed bins), and so do the two columns (column 11): the second rounding.
 
 # %%
 fig, axes = plotting.subplots(ncols=2, size=4.2)
@@ -471,8 +495,11 @@ print("gather version == loop version on the 8 x 8 example, both aligned modes")
 # %% [markdown]
 # Now against `mrcnn_jax.roi_align` on random maps and boxes: two images, boxes of all sizes,
 # some partly or entirely outside the map, both `aligned` modes, several output sizes and
-# sampling ratios. Both are jitted, as in the model (the output size, sampling ratio and
-# `aligned` are static: they fix shapes or Python branches).
+# sampling ratios. Both are jitted, as in the model. `jax.jit` traces a function with abstract
+# arrays that have a shape and dtype but no values; an argument named in `static_argnames` is
+# instead passed as an ordinary Python value (it must be hashable, e.g. a tuple), becomes part of
+# the compilation cache key, and a new value compiles a new program. The output size, sampling
+# ratio and `aligned` must be static: they fix shapes or choose Python branches.
 
 # %%
 STATIC = ("output_size", "sampling_ratio", "aligned")
@@ -586,8 +613,9 @@ print("distinct RoIPool values:", len(set(np.round(pool_values, 6))), " distinct
 
 # %% [markdown]
 # RoIPool is piecewise constant in the box position: its output, and so the loss, does not
-# respond to a small shift at all, then jumps. RoIAlign responds smoothly: the mask head sees
-# where the box actually is, and the loss has a useful gradient with respect to the features.
+# respond to a small shift at all, then jumps. RoIAlign's output changes smoothly with the box
+# position: the mask head sees where the box actually is. (Both pass gradients back to the
+# feature cells they read; the difference is how the output depends on the box.)
 #
 # ### Gradients flow through the gather
 #
@@ -639,9 +667,9 @@ plt.show()
 #
 # `k = floor(4 + log2(sqrt(w h) / 224))`, clamped to `[2, 5]`:
 #
-# a 224-pixel box (ImageNet's object size) goes to P4, half of that to P3, twice to P5. Small
-# boxes go to fine maps, big ones to coarse maps, so that every box spans a similar number of
-# cells. torchvision adds `1e-6` after the log2 so that a size that is *exactly* a power of two
+# a 224-pixel box (224 x 224 is the ImageNet pre-training image size, FPN's "canonical" size)
+# goes to P4, half of that to P3, twice to P5. Small boxes go to fine maps, big ones to coarse
+# maps, so that every box spans a similar number of cells. torchvision adds `1e-6` after the log2 so that a size that is *exactly* a power of two
 # times 224 is not pushed down a level by rounding in `log2`.
 
 # %%
@@ -724,6 +752,9 @@ def my_multiscale_roi_align(pyramid, boxes, batch_indices, output_size=(7, 7), s
     return my_roi_align_flat(flat, boxes, base, height, width, scale, output_size, sampling_ratio, aligned)
 
 
+# Also static: our `strides`, a constant of the model rather than data, and the package's
+# `image_size`, from which it infers each level's stride in Python `math` while tracing (as
+# torchvision does), so it must be a Python tuple, not a traced array.
 my_multiscale_jit = jax.jit(my_multiscale_roi_align, static_argnames=STATIC + ("strides",))
 multiscale_jit = jax.jit(mrcnn_jax.multiscale_roi_align, static_argnames=STATIC + ("image_size",))
 rng = np.random.default_rng(6)
@@ -781,7 +812,8 @@ else:
 # - FPN Eq. 1 `floor(4 + log2(sqrt(wh)/224) + 1e-6)` clamped to `[2, 5]` picks the level; all
 #   levels concatenated into one flat array cost one `roi_align`.
 #
-# Next: the RPN and the heads, which consume these pooled features.
+# Next: notebook 05, the backbone and FPN that produce the feature maps pooled here; the RPN
+# (06) and the heads (07) then use the pooled features.
 
 # %% [markdown]
 # ## Exercises

@@ -11,6 +11,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mrcnn-jax/mrcnn_jax/blob/v0.2.0/notebooks/05_backbone_and_fpn.ipynb)
+#
 # # 05 · Backbone and FPN
 #
 # *From pixels to a pyramid of feature maps: a ResNet body computes C2-C5, a Feature Pyramid
@@ -28,6 +30,25 @@
 #   initialised model on a shapes image;
 # - frozen BatchNorm versus GroupNorm, and why we train from scratch with GroupNorm;
 # - how many parameters the small CPU model and torchvision's ResNet-50-FPN have.
+
+# %%
+# Colab setup: on Colab, fetch this project at the notebooks' revision and install what the
+# runtime lacks (the logic is mrcnn_jax/colab.py); anywhere else this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import importlib.util
+    import os
+    import subprocess
+
+    REPO = "/content/mrcnn_jax"
+    if not os.path.isdir(REPO):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", "v0.2.0",
+                        "https://github.com/mrcnn-jax/mrcnn_jax", REPO], check=True)
+    spec = importlib.util.spec_from_file_location("colab_setup", f"{REPO}/mrcnn_jax/colab.py")
+    colab_setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(colab_setup)
+    colab_setup.setup(REPO)  # installs, moves into notebooks/, prints jax.devices()
 
 # %%
 import logging
@@ -49,6 +70,9 @@ from mrcnn_jax.layers import FrozenBatchNorm, make_norm, max_pool
 from mrcnn_jax.model import MaskRCNN, count_parameters
 
 FAST = os.environ.get("MRCNN_JAX_FAST", "0") == "1"
+# TPUs (and recent GPUs) run float32 matmuls and convolutions in bfloat16 or TF32 passes by default;
+# this notebook's asserts compare with CPU references, so ask for full float32 (no change on a CPU).
+jax.config.update("jax_default_matmul_precision", "highest")
 logging.getLogger("absl").setLevel(logging.ERROR)  # hide TFDS's "custom config" notices
 NUM_RANDOM = 2 if FAST else 8  # random inputs for the numeric checks
 small, big = small_config(), resnet50_fpn_config()
@@ -124,8 +148,18 @@ assert level_sizes(800) == [200, 100, 50, 25, 13] and level_sizes(1088) == [272,
 #
 # We write the basic block with nothing but `lax.conv_general_dilated` (NHWC input, HWIO kernel,
 # symmetric padding, as torchvision) and a GroupNorm, then give the package's `BasicBlock` the
-# very same weights. GroupNorm (section 6) splits the `C` channels into `G` groups and
-# normalises each group of each image over `(H, W, C/G)`.
+# very same weights. GroupNorm (section 7) splits the `C` channels into `g` groups and
+# normalises each group of each image over `(H, W, C/g)`.
+#
+# **Precision on accelerators.** The first cell of this notebook set
+# `jax.config.update("jax_default_matmul_precision", "highest")`. On a CPU it changes nothing. A
+# TPU, by default, multiplies float32 matrices and convolves float32 maps in bfloat16 passes
+# (7 stored mantissa bits), and recent NVIDIA GPUs use TF32 (10 stored mantissa bits): fast, and
+# fine for training, but two convolutions of the same numbers computed two ways would then differ
+# by about 1e-3 relative, and the `assert_allclose(..., rtol=1e-4)` below would fail on a Colab
+# TPU although nothing is wrong. Every notebook that compares with a CPU reference asks for full float32; the
+# test suite does the same (`tests/conftest.py`). Training in bfloat16 on purpose is another
+# matter: a compute dtype, not a precision default.
 
 # %%
 def conv(x, kernel, stride, padding):
@@ -136,11 +170,11 @@ def conv(x, kernel, stride, padding):
 
 def group_norm(x, scale, bias, groups, eps=1e-5):
     n, h, w, c = x.shape
-    g = x.reshape(n, h, w, groups, c // groups)  # (N, H, W, G, C/G)
-    mean = g.mean(axis=(1, 2, 4), keepdims=True)  # (N, 1, 1, G, 1)
-    var = g.var(axis=(1, 2, 4), keepdims=True)
-    g = (g - mean) / jnp.sqrt(var + eps)
-    return g.reshape(n, h, w, c) * scale + bias  # (N, H, W, C)
+    xg = x.reshape(n, h, w, groups, c // groups)  # (N, H, W, g, C/g)
+    mean = xg.mean(axis=(1, 2, 4), keepdims=True)  # (N, 1, 1, g, 1)
+    var = xg.var(axis=(1, 2, 4), keepdims=True)
+    xg = (xg - mean) / jnp.sqrt(var + eps)
+    return xg.reshape(n, h, w, c) * scale + bias  # (N, H, W, C)
 
 
 def my_basic_block(x, p, stride, groups):
@@ -167,8 +201,10 @@ def block_weights(block):
 # First a block that keeps the shape (stride 1, 16 -> 16 channels). With GroupNorm the package
 # starts the **last norm of every block at scale 0** (Goyal et al. 2017), so the residual branch
 # is zero and a fresh block is `relu(x)`: a deep network starts close to a shallow one. It is a
-# switch, `BackboneConfig.zero_init_residual`: the main job's `shapes_config` turns it off and
-# starts the convolutions smaller (PyTorch's default init), which trained faster on the shapes.
+# switch, `BackboneConfig.zero_init_residual`. `shapes_config`, the preset of the README's
+# default training run (`python -m mrcnn_jax.train`), turns it off and starts the convolutions
+# smaller (PyTorch's default init): on the shapes that gave a better mask AP50 after the same
+# training (docs/tuning_notes.md records the measurement).
 
 # %%
 rngs = nnx.Rngs(0)
@@ -207,6 +243,12 @@ assert mine.shape == (NUM_RANDOM, 4, 4, 32)
 # (`resnet50_fpn_config`, 800 x 1088 padded input). `nnx.eval_shape` builds a model with
 # abstract arrays (shapes only, no memory) and `jax.eval_shape` runs its forward pass on shapes
 # only: we get every feature size of the big model without computing anything.
+#
+# `jax.eval_shape` (like `jax.jit` and `jax.grad`) takes functions of arrays, not Python objects
+# such as an NNX module. `nnx.split(model)` therefore takes the model apart into a `graphdef`, the
+# static structure (which modules, their settings, how they connect), and a `state`, a pytree
+# (nested dict) of all its arrays; `nnx.merge(graphdef, state)` rebuilds an equivalent model. We
+# pass the `state` through `jax.eval_shape` and merge inside the function.
 
 # %%
 def feature_shapes(config):
@@ -277,8 +319,11 @@ np.testing.assert_array_equal(my_upsample_nearest(odd, (7, 9)), upsample_nearest
 
 # %% [markdown]
 # Now the real thing: a shapes image through a **randomly initialised** `small_config` model.
-# One `nnx.jit` compiles the body and the FPN together (running the model op by op would compile
-# every operation separately, which is very slow on a CPU).
+# `nnx.jit` is `jax.jit` for functions that take NNX modules: it does the split for us (the
+# module's arrays become traced inputs, its `graphdef` part of the cache key), compiles the
+# function once per input shape, and merges the module back, with any state the function
+# changed. One `nnx.jit` compiles the body and the FPN together (running the model op by op
+# would compile every operation separately, which is very slow on a CPU).
 
 # %%
 start = time.perf_counter()
@@ -366,6 +411,7 @@ for k in range(4):
           f"{small.rpn.anchor_sizes[k][0]:>14d}{big.rpn.anchor_sizes[k][0]:>12d}")
 assert [j for _, j in rf18] == [4, 8, 16, 32]
 assert rf18[-1][0] == 435 and rf50[-1][0] == 427  # the well-known values for C5
+assert small.rpn.anchor_sizes[4][0] == 256 and big.rpn.anchor_sizes[4][0] == 512  # P6
 
 # %% [markdown]
 # Two things to notice:
@@ -375,8 +421,9 @@ assert rf18[-1][0] == 435 and rf50[-1][0] == 427  # the well-known values for C5
 #   as P5. The *effective* receptive field is much smaller and concentrated near the centre
 #   (Luo et al. 2016), so what really differs between levels is the **stride**: P2 places an
 #   anchor every 4 pixels, P5 every 32.
-# - Anchor sizes double with the stride (16 to 256 in the small model, 32 to 512 in
-#   torchvision's), so every level handles objects of a fixed size in *its own* positions.
+# - Anchor sizes double with the stride (16 on P2 to 128 on P5 in the small model, 32 to 256 in
+#   torchvision's; P6, not in the table, continues with 256 and 512), so every level handles
+#   objects of a fixed size in *its own* positions.
 #
 # Here is the mean absolute activation over channels of every level, for the shapes image,
 # through the **randomly initialised** model: no training yet, yet shape edges already stand out

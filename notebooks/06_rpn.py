@@ -11,6 +11,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mrcnn-jax/mrcnn_jax/blob/v0.2.0/notebooks/06_rpn.ipynb)
+#
 # # 06 · The region proposal network
 #
 # *How Mask R-CNN turns thousands of fixed anchors into a few hundred proposals: label the
@@ -29,6 +31,25 @@
 # Everything happens on **one** 128 x 128 shapes image with `small_config`. Each step is written
 # inline first; the next cell imports the finished version from `mrcnn_jax` and asserts that
 # both agree.
+
+# %%
+# Colab setup: on Colab, fetch this project at the notebooks' revision and install what the
+# runtime lacks (the logic is mrcnn_jax/colab.py); anywhere else this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import importlib.util
+    import os
+    import subprocess
+
+    REPO = "/content/mrcnn_jax"
+    if not os.path.isdir(REPO):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", "v0.2.0",
+                        "https://github.com/mrcnn-jax/mrcnn_jax", REPO], check=True)
+    spec = importlib.util.spec_from_file_location("colab_setup", f"{REPO}/mrcnn_jax/colab.py")
+    colab_setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(colab_setup)
+    colab_setup.setup(REPO)  # installs, moves into notebooks/, prints jax.devices()
 
 # %%
 import functools
@@ -51,6 +72,9 @@ from mrcnn_jax.rpn import RPNHead, rpn_losses, rpn_targets, select_proposals
 from mrcnn_jax.sampler import sample_balanced
 
 FAST = os.environ.get("MRCNN_JAX_FAST", "0") == "1"
+# TPUs (and recent GPUs) run float32 matmuls and convolutions in bfloat16 or TF32 passes by default;
+# this notebook's asserts compare with CPU references, so ask for full float32 (no change on a CPU).
+jax.config.update("jax_default_matmul_precision", "highest")
 logging.getLogger("absl").setLevel(logging.ERROR)  # hide TFDS's "custom config" notices
 cfg = small_config()
 rpn = cfg.rpn
@@ -151,8 +175,11 @@ plt.show()
 #
 # Faster R-CNN's rule, per anchor: take its best ground truth; IoU `>= 0.7`: **positive** (that
 # ground truth's index); below `0.3`: **negative** (`-1`); in between: **ignored** (`-2`), it
-# does not enter the loss. Then the **low-quality** rule: each ground truth's best anchors (all
-# ties) become positive even below 0.7, so no object is left without an anchor.
+# does not enter the loss. Then the **low-quality** rule, so that an object without any anchor
+# at 0.7 still teaches the RPN something: each ground truth's best anchors (all ties) become
+# positive even below 0.7. Such an anchor is matched to **its own** best ground truth (the
+# argmax over ground truths, as in torchvision's `Matcher`), which is usually, but not always,
+# the object that promoted it: see the second toy below.
 #
 # By hand, two ground truths and four anchors:
 #
@@ -162,7 +189,8 @@ plt.show()
 # | gt1 | 0.00 | 0.20 | 0.60 | 0.25 |
 #
 # a0: 0.80 with gt0, positive → 0. a1: best 0.50 → ignored (-2). a2: best 0.60 with gt1 →
-# ignored, *but* it is gt1's best anchor → positive 1. a3: best 0.25 → negative (-1).
+# ignored, *but* it is gt1's best anchor → positive, matched to its own best ground truth, gt1.
+# a3: best 0.25 → negative (-1).
 
 # %%
 def my_match(iou, gt_valid, high, low, allow_low_quality):
@@ -184,6 +212,18 @@ np.testing.assert_array_equal(my_match(toy, jnp.array([True, True]), 0.7, 0.3, T
 np.testing.assert_array_equal(match(toy, jnp.array([True, True]), 0.7, 0.3, True), [0, -2, 1, -1])
 
 # %% [markdown]
+# The second toy: both ground truths have the same best anchor, a0 (0.50 for gt0, 0.55 for gt1).
+# The rule promotes a0, and a0 goes to *its* best ground truth, gt1. gt0, which promoted it, ends
+# with no positive anchor at all: the low-quality rule guarantees a positive per object only
+# when objects do not compete for the same anchor.
+
+# %%
+toy2 = jnp.array([[0.50, 0.10], [0.55, 0.30]])  # (G=2, P=2)
+print("toy 2, with low-quality:", my_match(toy2, jnp.array([True, True]), 0.7, 0.3, True))
+np.testing.assert_array_equal(my_match(toy2, jnp.array([True, True]), 0.7, 0.3, True), [1, -2])
+np.testing.assert_array_equal(match(toy2, jnp.array([True, True]), 0.7, 0.3, True), [1, -2])
+
+# %% [markdown]
 # Now on all 4092 anchors of our image, compared with `mrcnn_jax.matcher.match`.
 
 # %%
@@ -194,12 +234,17 @@ for name, m in [("strict 0.7/0.3", strict), ("with low-quality", matches)]:
     print(f"{name:18s} positive {int((m >= 0).sum()):3d}  negative {int((m == -1).sum()):4d}  "
           f"ignored {int((m == -2).sum()):3d}")
 print("identical to mrcnn_jax.matcher.match")
+from_rule = int((matches >= 0).sum()) - int((strict >= 0).sum())
+print(f"positives from the low-quality rule: {from_rule} of {int((matches >= 0).sum())}")
+assert (from_rule, int((matches >= 0).sum())) == (2, 4)  # cited in the text below and the summary
 
 # %% [markdown]
 # ## 4. A low-quality match
 #
-# One object has no anchor at IoU 0.7. Its best anchor becomes positive anyway: without the
-# rule that object would teach the RPN nothing.
+# One object (gt 0 below) has no anchor at IoU 0.7. Its best anchors (two tie here) become
+# positive anyway, and both are matched to gt 0 because it is also their own best ground truth.
+# These are the 2 of the image's 4 positives that the rule adds: without it that object would
+# teach the RPN nothing.
 
 # %%
 best_per_gt = jnp.max(iou[:n], axis=1)  # (n,)
@@ -282,10 +327,39 @@ assert int(my_neg.sum()) == int(pkg_neg.sum()) == 256 - int((labels == 1).sum())
 assert not (pkg_pos & pkg_neg).any() and bool(jnp.all(labels[pkg_neg] == 0))
 
 # %% [markdown]
-# The counts agree; *which* negatives are chosen differs, because the package draws them
-# differently: under `jit` shapes must be static, so each candidate draws a uniform priority
-# and `lax.top_k` with the static `k = 256` keeps the highest ones. Same key, same choice;
-# another key, another choice:
+# The counts agree; *which* negatives are chosen differs, because `my_sample` cannot run under
+# `jit`: `flatnonzero` returns as many indices as there are positives, a length that depends on
+# the data. The fixed-shape way: every candidate draws a uniform **priority** (ineligible ones
+# get -1), `lax.top_k` with a static `k` returns the `k` highest, and the first `count` of them
+# by rank are chosen, where `count` may be a traced number. Every shape depends only on `k`, and
+# a uniform random subset comes out, because the top priorities of i.i.d. uniforms fall on a
+# uniformly random set of candidates.
+
+# %%
+def my_take_random(key, eligible, count, k):
+    priority = jnp.where(eligible, jax.random.uniform(key, eligible.shape), -1.0)  # (A,)
+    index = jax.lax.top_k(priority, k)[1]  # (k,) the k highest priorities, a static shape
+    chosen = jnp.arange(k) < count  # (k,) by rank: count may be traced
+    return jnp.zeros(eligible.shape, bool).at[index].set(chosen)  # (A,)
+
+
+@functools.partial(jax.jit, static_argnames=("num_samples", "positive_fraction"))
+def my_sample_static(key, labels, num_samples, positive_fraction):
+    pos_key, neg_key = jax.random.split(key)
+    max_pos = int(num_samples * positive_fraction)  # a Python int: both arguments are static
+    num_pos = jnp.minimum(jnp.sum(labels == 1), max_pos)  # traced
+    num_neg = jnp.minimum(jnp.sum(labels == 0), num_samples - num_pos)  # traced
+    return (my_take_random(pos_key, labels == 1, num_pos, max_pos),
+            my_take_random(neg_key, labels == 0, num_neg, num_samples))
+
+
+static_pos, static_neg = my_sample_static(key, labels, num_samples=256, positive_fraction=0.5)
+np.testing.assert_array_equal(static_pos, pkg_pos)
+np.testing.assert_array_equal(static_neg, pkg_neg)
+print("my_sample_static (priorities + top_k, jitted) == mrcnn_jax.sampler.sample_balanced, anchor for anchor")
+
+# %% [markdown]
+# Same key, same choice; another key, another choice:
 
 # %%
 again, _ = sample_balanced(key, labels, 256, 0.5)
@@ -442,10 +516,17 @@ assert abs(float(mine[0]) - np.log(2)) < 0.05  # logits near 0: about log 2
 #    class), then keep the `post_nms_top_n` best overall (100 here).
 #
 # Inline, reusing `decode_boxes`, `clip_boxes` (notebook 01) and `batched_nms` (notebook 03).
-# One `jit` each, with the sizes static.
+#
+# **A config as a static argument.** The anchor counts per level and the RPN config decide
+# shapes (`k` of each `top_k`, the number of proposals) and Python control flow (the loop over
+# levels), so `jit` must see them as plain Python values: `static_argnames=("counts", "cfg_rpn")`.
+# A static argument must be hashable; `counts` is a tuple and `RPNConfig` is a frozen dataclass,
+# so both are. `jit` compiles once per distinct value and reuses the program after that: a new
+# config means one new compilation, never a silent mix-up. The function returns a dict, so the
+# caller reads each output by name.
 
 # %%
-@functools.partial(jax.jit, static_argnums=(3, 4))
+@functools.partial(jax.jit, static_argnames=("counts", "cfg_rpn"))
 def my_select(logits, deltas, anchors, counts, cfg_rpn):
     picks, levels, start = [], [], 0
     for level, size in enumerate(counts):
@@ -459,26 +540,30 @@ def my_select(logits, deltas, anchors, counts, cfg_rpn):
     wide = jnp.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= cfg_rpn.min_size
     keep, valid = mrcnn_jax.batched_nms(boxes, scores, levels, cfg_rpn.nms_threshold,
                                         cfg_rpn.post_nms_top_n_test, valid=wide)
-    return boxes, scores, boxes[keep], jnp.where(valid, scores[keep], 0.0), valid
+    return {"candidates": boxes, "candidate_scores": scores,  # (Nc, 4), (Nc,) before NMS
+            "boxes": boxes[keep], "scores": jnp.where(valid, scores[keep], 0.0), "valid": valid}
 
 
-package_select = jax.jit(select_proposals, static_argnums=(3, 4, 5, 6))
+package_select = jax.jit(select_proposals,
+                         static_argnames=("level_sizes", "image_size", "cfg", "training"))
 
 
 def proposals(logits, deltas):
     """Inline proposals, checked against mrcnn_jax.rpn.select_proposals."""
-    out = my_select(logits, deltas, jnp.asarray(anchors), tuple(counts), rpn)
-    boxes, scores, valid = package_select(logits, deltas, jnp.asarray(anchors), tuple(counts),
-                                          cfg.image_size, rpn, False)
-    np.testing.assert_array_equal(out[4], valid)
-    np.testing.assert_allclose(out[2], boxes, atol=1e-4)
-    np.testing.assert_allclose(out[3], scores, atol=1e-6)
+    out = my_select(logits, deltas, jnp.asarray(anchors), counts=tuple(counts), cfg_rpn=rpn)
+    boxes, scores, valid = package_select(logits, deltas, jnp.asarray(anchors),
+                                          level_sizes=tuple(counts), image_size=cfg.image_size,
+                                          cfg=rpn, training=False)
+    np.testing.assert_array_equal(out["valid"], valid)
+    np.testing.assert_allclose(out["boxes"], boxes, atol=1e-4)
+    np.testing.assert_allclose(out["scores"], scores, atol=1e-6)
     return out
 
 
 random_out = proposals(logits[0], deltas_pred[0])
-print(f"random head: {len(random_out[0])} candidates -> {int(random_out[4].sum())} proposals, "
-      f"scores {float(random_out[3][random_out[4]].min()):.3f}..{float(random_out[3].max()):.3f}")
+print(f"random head: {len(random_out['candidates'])} candidates -> {int(random_out['valid'].sum())} "
+      f"proposals, scores {float(random_out['scores'][random_out['valid']].min()):.3f}.."
+      f"{float(random_out['scores'].max()):.3f}")
 print("inline selection == mrcnn_jax.rpn.select_proposals")
 
 # %% [markdown]
@@ -493,10 +578,10 @@ def recall(boxes, valid, threshold=0.5):
 
 
 fig, (ax,) = plotting.subplots(size=4.0)
-plotting.show_image(ax, image, f"random head: top 15 of {int(random_out[4].sum())} proposals")
-plotting.draw_boxes(ax, random_out[2][:15], colours=[plotting.colour(6)] * 15)
+plotting.show_image(ax, image, f"random head: top 15 of {int(random_out['valid'].sum())} proposals")
+plotting.draw_boxes(ax, random_out["boxes"][:15], colours=[plotting.colour(6)] * 15)
 plt.show()
-print(f"recall at IoU 0.5 of the random head's proposals: {recall(random_out[2], random_out[4]):.2f}")
+print(f"recall at IoU 0.5 of the random head's proposals: {recall(random_out['boxes'], random_out['valid']):.2f}")
 
 # %% [markdown]
 # **An oracle RPN.** To see what a *trained* RPN's proposals look like before we train one,
@@ -511,7 +596,9 @@ best_gt = jnp.argmax(jnp.where(gt_valid[:, None], iou, -1.0), axis=0)  # (A,)
 oracle_logits = 12.0 * (best_iou - 0.4) + 0.5 * jax.random.normal(noise_key, best_iou.shape)
 oracle_deltas = (mrcnn_jax.encode_boxes(gt_boxes[best_gt], anchors)
                  + 0.05 * jax.random.normal(delta_key, (len(anchors), 4)))
-cand_boxes, cand_scores, prop_boxes, prop_scores, prop_valid = proposals(oracle_logits, oracle_deltas)
+oracle_out = proposals(oracle_logits, oracle_deltas)
+cand_boxes, cand_scores = oracle_out["candidates"], oracle_out["candidate_scores"]
+prop_boxes, prop_scores, prop_valid = oracle_out["boxes"], oracle_out["scores"], oracle_out["valid"]
 before = np.asarray(cand_scores >= 0.5)
 after = np.asarray(prop_valid & (prop_scores >= 0.5))
 print(f"candidates after top-k: {len(cand_boxes)}, of which scoring >= 0.5: {before.sum()}")
@@ -568,9 +655,10 @@ else:
 #
 # - Each anchor is matched to its best ground truth: positive at IoU >= 0.7, negative below
 #   0.3, ignored in between, and each object's best anchors are positive anyway (low-quality
-#   matches; on small shapes most positives come from this rule). Padded slots never match.
-# - 256 anchors per image are sampled, at most half positive, with an explicit key; the package
-#   uses random priorities and `top_k` to keep shapes static.
+#   matches, matched to the anchor's own best ground truth; on this image the rule adds 2 of the
+#   4 positives). Padded slots never match.
+# - 256 anchors per image are sampled, at most half positive, with an explicit key; under `jit`
+#   random priorities and `top_k` keep the shapes static.
 # - Positives regress `encode_boxes(gt, anchor)`; the losses are BCE on sampled anchors and
 #   smooth-L1 (beta 1/9) on positives, both divided by the number sampled.
 # - The shared head gives `(B, h, w, 3)` logits and `(B, h, w, 12)` deltas per level, flattened

@@ -11,6 +11,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mrcnn-jax/mrcnn_jax/blob/v0.2.0/notebooks/08_losses_and_train_step.ipynb)
+#
 # # 08 · Losses and the train step
 #
 # *Five loss terms add up to one number; one jitted function turns it into a parameter update,
@@ -28,9 +30,28 @@
 # - overfitting one batch as the first sanity check, and what to watch: NaNs, exploding losses,
 #   the gradient norm.
 #
-# Compiling the full model is the slow part on a CPU (tens of seconds per program), so this
-# notebook compiles three programs and reuses them: the forward pass, `train_step`, and our pure
-# step.
+# Compiling the full model is the slow part on a CPU (seconds to tens of seconds per program;
+# each cell prints its compile time), so this notebook compiles three programs and reuses them:
+# the forward pass, `train_step`, and our pure step.
+
+# %%
+# Colab setup: on Colab, fetch this project at the notebooks' revision and install what the
+# runtime lacks (the logic is mrcnn_jax/colab.py); anywhere else this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import importlib.util
+    import os
+    import subprocess
+
+    REPO = "/content/mrcnn_jax"
+    if not os.path.isdir(REPO):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", "v0.2.0",
+                        "https://github.com/mrcnn-jax/mrcnn_jax", REPO], check=True)
+    spec = importlib.util.spec_from_file_location("colab_setup", f"{REPO}/mrcnn_jax/colab.py")
+    colab_setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(colab_setup)
+    colab_setup.setup(REPO)  # installs, moves into notebooks/, prints jax.devices()
 
 # %%
 import logging
@@ -54,6 +75,9 @@ from mrcnn_jax.roi_heads import box_losses, mask_loss
 from mrcnn_jax.training import LOSS_TERMS, compute_losses, loss_fn, make_optimizer, train_step
 
 FAST = os.environ.get("MRCNN_JAX_FAST", "0") == "1"
+# TPUs (and recent GPUs) run float32 matmuls and convolutions in bfloat16 or TF32 passes by default;
+# this notebook's asserts compare with CPU references, so ask for full float32 (no change on a CPU).
+jax.config.update("jax_default_matmul_precision", "highest")
 logging.getLogger("absl").setLevel(logging.ERROR)  # hide TFDS's "custom config" notices
 IMAGE = 64 if FAST else 128  # input size: compile time and step time grow with it
 STEPS = 12 if FAST else 40  # overfitting steps on one batch
@@ -87,7 +111,10 @@ base_key = jax.random.key(0)
 # `MaskRCNN.train_forward(batch, key)` returns raw predictions and their targets (the key drives
 # the RPN's and the RoI heads' samplers). The loss is a separate pure function of those outputs.
 # We jit the forward pass once and write the loss inline. The key is the one training step 0
-# will use (section 3 explains `fold_in`).
+# will use (section 3 explains `fold_in`). JAX runs work **asynchronously**: a jitted call returns
+# as soon as the computation is queued, before its results exist. `jax.block_until_ready(x)`
+# waits until every array in `x` is computed, so the timer below measures tracing, compiling and
+# running, not just queueing.
 
 # %%
 forward = nnx.jit(lambda m, b, k: m.train_forward(b, k))
@@ -104,8 +131,9 @@ for k in ("rpn_logits", "rpn_deltas", "class_logits", "box_deltas", "mask_logits
 # the number of sampled anchors. The three head terms are notebook 07's `box_losses` and
 # `mask_loss`. Mask R-CNN's loss is their plain, unweighted sum:
 # `L = L_rpn_cls + L_rpn_box + L_cls + L_box + L_mask`. (`RoIHeadsConfig.mask_loss_weight`
-# can weigh the mask term more; the main job's `shapes_config` does, notebook 09. This notebook's
-# `small_config` keeps the paper's weight 1.)
+# can weigh the mask term more: `shapes_config`, the preset of the README's default training run
+# `python -m mrcnn_jax.train`, does, notebook 09. This notebook's `small_config` keeps the
+# paper's weight 1.)
 
 # %%
 def my_rpn_losses(logits, deltas, targets, beta=config.rpn.smooth_l1_beta):
@@ -175,9 +203,11 @@ assert np.array_equal(same, again) and not np.array_equal(same, other)
 # %% [markdown]
 # ## 4. One jitted step: `train_step`
 #
-# `make_optimizer` builds the paper's recipe with optax: clip the global gradient norm at 10,
-# add weight decay `1e-4 · w`, SGD with momentum 0.9, and a learning rate that warms up linearly
-# from `0.001 · lr` (then, given `total_steps`, decays along a cosine). `nnx.Optimizer` keeps the
+# `make_optimizer` builds the paper's optimiser with optax, SGD with momentum 0.9 and weight
+# decay `1e-4 · w`, plus two additions the paper does not describe: a learning rate that warms up
+# linearly from `0.001 · lr` (the factor of torchvision's detection reference script; given
+# `total_steps` it then decays along a cosine), and clipping of the global gradient norm at 10,
+# applied first. `nnx.Optimizer` keeps the
 # optax state beside the model and updates only `nnx.Param` variables.
 
 # %%
@@ -190,7 +220,9 @@ print("learning rate at steps 0..6:", [round(float(schedule(s)), 5) for s in ran
 # gradients with respect to the `nnx.Param` state, the optimizer update, all in one compiled
 # program. It updates `model` and `optimizer` in place and returns the terms (evaluated at the
 # parameters *before* the update) and the gradient norm. Before calling it we keep a copy of the
-# starting point for section 5.
+# starting point for section 5. `nnx.split` (notebook 05) takes filters here:
+# `nnx.split(model, nnx.Param, ...)` returns the `graphdef` and then one state per filter, in
+# order: the `nnx.Param` variables, then `...`, everything else (section 5 explains why).
 
 # %%
 graphdef, start_params, start_rest = nnx.split(model, nnx.Param, ...)  # structure, Param state, the rest
@@ -220,7 +252,9 @@ print("train_step's terms == the inline losses of section 2")
 # `graphdef` (the structure: which layers, which shapes, the config) and `State` pytrees of
 # arrays (the parameters, then everything else); `nnx.merge(graphdef, params, rest)` builds a
 # module back from them. So the step can be written with plain `jax.jit`, `jax.value_and_grad`
-# over the parameter state, and the optimizer's optax transformation `tx`:
+# over the parameter state, and the optimizer's optax transformation `tx`. `loss_fn` returns a
+# pair `(loss, terms)`; with `has_aux=True`, `value_and_grad` differentiates only the first
+# element, passes the second (auxiliary) one through, and returns `((loss, terms), grads)`:
 
 # %%
 tx = optimizer.tx  # the optax chain make_optimizer built: clip, weight decay, SGD + momentum

@@ -11,6 +11,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mrcnn-jax/mrcnn_jax/blob/v0.2.0/notebooks/09_training.ipynb)
+#
 # # 09 · Training
 #
 # *The training loop written out, then the same loop as a command: schedule, logging,
@@ -29,6 +31,25 @@
 #
 # Compiling on a CPU is the slow part: a new optimizer is a new program for `train_step`
 # (its optax transformation is part of what `nnx.jit` traces), so each run below compiles once.
+
+# %%
+# Colab setup: on Colab, fetch this project at the notebooks' revision and install what the
+# runtime lacks (the logic is mrcnn_jax/colab.py); anywhere else this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import importlib.util
+    import os
+    import subprocess
+
+    REPO = "/content/mrcnn_jax"
+    if not os.path.isdir(REPO):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", "v0.2.0",
+                        "https://github.com/mrcnn-jax/mrcnn_jax", REPO], check=True)
+    spec = importlib.util.spec_from_file_location("colab_setup", f"{REPO}/mrcnn_jax/colab.py")
+    colab_setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(colab_setup)
+    colab_setup.setup(REPO)  # installs, moves into notebooks/, prints jax.devices()
 
 # %%
 import argparse
@@ -56,6 +77,9 @@ from mrcnn_jax.training import (LOSS_TERMS, eval_losses, loss_fn, make_optimizer
                                 to_device_batch, train_step)
 
 FAST = os.environ.get("MRCNN_JAX_FAST", "0") == "1"
+# TPUs (and recent GPUs) run float32 matmuls and convolutions in bfloat16 or TF32 passes by default;
+# this notebook's asserts compare with CPU references, so ask for full float32 (no change on a CPU).
+jax.config.update("jax_default_matmul_precision", "highest")
 logging.getLogger("absl").setLevel(logging.ERROR)  # hide TFDS's "custom config" notices
 IMAGE, STEPS, NUM_TRAIN, NUM_VAL = (64, 24, 32, 8) if FAST else (128, 200, 1000, 100)
 BATCH, LR, WARMUP, MAX_INSTANCES = 4, 0.02, 5 if FAST else 20, 6
@@ -112,11 +136,16 @@ print("make_optimizer's learning rates == my_lr at every step; step 0, 5, 24:",
       rates[[0, 5, 24]].round(6))
 
 # %% [markdown]
-# The schedule of the run below, and of the README's main job (2800 steps, warm-up 200):
+# The schedule of the run below, and of the README's default training run,
+# `python -m mrcnn_jax.train` with its default arguments (read from the command's own parser):
 
 # %%
+defaults = train.parse_args([])  # the command's defaults: --steps, --warmup, --lr, ...
+print(f"python -m mrcnn_jax.train: --steps {defaults.steps} --warmup {defaults.warmup} --lr {defaults.lr}"
+      f" --batch_size {defaults.batch_size}")
 fig, axes = plotting.subplots(ncols=2, size=4.0)
-for ax, (lr, warmup, total) in zip(axes, [(LR, WARMUP, STEPS), (0.02, 200, 2800)], strict=True):
+for ax, (lr, warmup, total) in zip(axes, [(LR, WARMUP, STEPS),
+                                          (defaults.lr, defaults.warmup, defaults.steps)], strict=True):
     steps = np.arange(total)
     ax.plot(steps, [my_lr(s, lr, warmup, total) for s in steps], color=plotting.colour(0))
     ax.axvline(warmup, color=plotting.colour(1), linestyle="--", linewidth=1)
@@ -147,7 +176,9 @@ np.testing.assert_array_equal(loader.dataset[0]["images"], first["images"])  # r
 # %% [markdown]
 # The validation loss is the training loss on held-out images, computed with `eval_losses`
 # (same terms, no update). The samplers still draw at random, so a fixed key per batch makes it
-# comparable from one evaluation to the next.
+# comparable from one evaluation to the next. `to_device_batch` keeps the keys the model reads
+# (`images`, `boxes`, `labels`, `masks`, `valid`; it raises if one is missing) and turns them into
+# JAX arrays.
 
 # %%
 val_loader = make_loader(val_source, BATCH, image_size=IMAGE, max_instances=MAX_INSTANCES, train=False)
@@ -266,12 +297,12 @@ print("parameters and optimizer state (momentum, step count) restored exactly")
 # step's metrics to `metrics.jsonl`, the validation loss every `--eval_every` steps and at the
 # end, checkpoints every `--checkpoint_every` steps and at the end, then `loss_curve.png` and
 # (unless `--no_final_eval`) COCO AP on the held-out split (notebook 10). `main(argv)` takes the
-# same arguments as a list. Its default model is `shapes_config()`, `small_config()` tuned for
-# the main job's time budget (PyTorch's default init for the backbone convolutions and no
-# zero-init residual, two anchor scales per level, a narrower mask head, fewer sampled RoIs
-# with more of them positive, binary mask targets, the mask term weighted 3 in the loss,
-# test-time settings for overlapping shapes and masks averaged with the mirrored image's
-# (notebook 10); its docstring gives each one's measured effect);
+# same arguments as a list. Its default model is `shapes_config()`, `small_config()` tuned on the
+# shapes for the README's default training run above (PyTorch's default init for the backbone
+# convolutions and no zero-init residual, two anchor scales per level, a narrower mask head,
+# fewer sampled RoIs with more of them positive, binary mask targets, the mask term weighted 3 in
+# the loss, test-time settings for overlapping shapes and masks averaged with the mirrored
+# image's (notebook 10); docs/tuning_notes.md gives each one's measured effect);
 # `--preset small` trains the model of section 2. A tiny setting: 32 images of 64x64,
 # 20 steps.
 
@@ -368,7 +399,13 @@ assert "raise FloatingPointError" in source
 # step after step until they overflow. To try several optimizers without compiling `train_step`
 # for each, we compile the **gradient** once and apply each optimizer's update outside `jit`
 # (slower per step, but no compile). Same tiny model and batches as the command, 8 steps at a
-# learning rate of 1.0 (50 times the recipe's), no warm-up, with and without clipping.
+# learning rate of 1.0 (50 times the default 0.02), no warm-up, with and without clipping.
+#
+# `nnx.value_and_grad` is `jax.value_and_grad` for functions that take modules.
+# `argnums=nnx.DiffState(0, nnx.Param)` says what to differentiate: argument 0 (the model), and
+# of it only the `nnx.Param` variables, so the gradient is a `State` with the parameters'
+# structure. `has_aux=True`, as in notebook 08: `loss_fn` returns `(loss, terms)`, only `loss` is
+# differentiated, and the result is `((loss, terms), grads)`.
 
 # %%
 grad_fn = nnx.jit(nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True))
@@ -393,7 +430,7 @@ def run_with(lr, clip_norm, steps=8):
 
 
 began = time.perf_counter()
-runs = {"lr 0.02, clip 10 (the recipe)": run_with(0.02, 10.0),
+runs = {"lr 0.02, clip 10 (the default)": run_with(0.02, 10.0),
         "lr 1.0, no clipping": run_with(1.0, float("inf")),
         "lr 1.0, clip 10": run_with(1.0, 10.0)}
 print(f"{time.perf_counter() - began:.0f} s")
@@ -415,22 +452,26 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Without clipping, one large gradient at learning rate 1.0 throws the parameters so far that
-# the next loss is astronomically large and the one after is NaN. Clipping rescales every
-# gradient to a norm of at most 10 before momentum and the learning rate act on it, so each step
-# has a bounded length: the run stays finite. It still diverges, though (the loss sits near
-# `1e6`): clipping bounds the damage of a learning rate 50 times too high, it does not make it a
-# good one. Warm-up does the same job at the start of a run, when
-# gradients are largest. If the loss climbs anyway, lower the learning rate (scale it with the
-# batch size: the paper's 0.02 is for 16 images per step).
+# Without clipping, the first gradients are ordinary (their norms, printed above, start like the
+# default run's), but at learning rate 1.0 the updates they make are far too long: within a few
+# steps the loss is astronomically large, and then NaN. The learning rate is the cause, not a
+# freak gradient. Clipping rescales every gradient to a norm of at most 10 before momentum and
+# the learning rate act on it, so each step has a bounded length: the run stays finite. It still
+# diverges, though (its loss grows by orders of magnitude): clipping bounds the damage of a
+# learning rate 50 times too high, it does not make it a good one. Warm-up bounds the steps at
+# the start of a run, when gradients are largest. If the loss climbs anyway, lower the learning
+# rate. The default 0.02 is the paper's value for 16 images per step; this notebook uses it at
+# batch 4 (the loss of section 2 falls well) and the command at batch 8, but the usual rule when
+# a batch shrinks is to shrink the learning rate in proportion.
 
 # %%
 unclipped, clipped = runs["lr 1.0, no clipping"], runs["lr 1.0, clip 10"]
-recipe = runs["lr 0.02, clip 10 (the recipe)"]
+recipe = runs["lr 0.02, clip 10 (the default)"]
 assert not math.isfinite(unclipped[0][-1]) or max(unclipped[0]) > 100 * recipe[0][0], "expected a blow-up"
 assert all(math.isfinite(v) for v in clipped[0]), "clipped updates should keep the loss finite"
+assert max(clipped[0]) > 100 * recipe[0][0], "lr 1.0 still diverges with clipping"
 assert max(recipe[0]) <= recipe[0][0] * 1.01 and math.isfinite(recipe[0][-1])
-print(f"largest gradient norm: recipe {max(recipe[1]):.3g}, unclipped {max(unclipped[1]):.3g}, "
+print(f"largest gradient norm: default {max(recipe[1]):.3g}, unclipped {max(unclipped[1]):.3g}, "
       f"clipped {max(clipped[1]):.3g}")
 
 # %% [markdown]

@@ -11,6 +11,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/mrcnn-jax/mrcnn_jax/blob/v0.2.0/notebooks/10_inference_and_evaluation.ipynb)
+#
 # # 10 · Inference and evaluation
 #
 # *From the heads' raw outputs to scored detections with pasted masks, and from detections to
@@ -25,6 +27,25 @@
 # - average precision for one category: rank by score, match greedily, precision/recall,
 #   101-point interpolation, the mean over IoU 0.5:0.95; checked against
 #   `mrcnn_jax.coco_evaluate` and pycocotools' `COCOeval`.
+
+# %%
+# Colab setup: on Colab, fetch this project at the notebooks' revision and install what the
+# runtime lacks (the logic is mrcnn_jax/colab.py); anywhere else this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import importlib.util
+    import os
+    import subprocess
+
+    REPO = "/content/mrcnn_jax"
+    if not os.path.isdir(REPO):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", "v0.2.0",
+                        "https://github.com/mrcnn-jax/mrcnn_jax", REPO], check=True)
+    spec = importlib.util.spec_from_file_location("colab_setup", f"{REPO}/mrcnn_jax/colab.py")
+    colab_setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(colab_setup)
+    colab_setup.setup(REPO)  # installs, moves into notebooks/, prints jax.devices()
 
 # %%
 import logging
@@ -55,6 +76,9 @@ from mrcnn_jax.postprocess import detect_boxes
 from mrcnn_jax.training import make_optimizer, to_device_batch, train_step
 
 FAST = os.environ.get("MRCNN_JAX_FAST", "0") == "1"
+# TPUs (and recent GPUs) run float32 matmuls and convolutions in bfloat16 or TF32 passes by default;
+# this notebook's asserts compare with CPU references, so ask for full float32 (no change on a CPU).
+jax.config.update("jax_default_matmul_precision", "highest")
 logging.getLogger("absl").setLevel(logging.ERROR)  # hide TFDS's "custom config" notices
 MAIN_JOB = pathlib.Path("../outputs/shapes")  # the README's main job, if it has been run
 USE_MAIN_JOB = not FAST and (MAIN_JOB / "run.json").exists()
@@ -64,12 +88,12 @@ print(f"FAST={FAST}; model from {'the main job in ' + str(MAIN_JOB) if USE_MAIN_
 # ## 1. A model
 #
 # With the README's main job done (`python -m mrcnn_jax.train --minutes 17 --workdir
-# outputs/shapes`: mask AP about 0.82), we load its latest checkpoint with
-# `checkpoints.restore_model`. Otherwise, and always in the fast setting, we train the small
-# model here with notebook 09's loop. **That model is weak**: in the fast setting (50 steps at
-# 64x64) it finds some shapes and misses or mislabels many, with a mask AP of a few percent; the
-# full setting's 300 steps at 128x128 reach roughly half of the main job's AP. Every step below
-# works the same on any model; only the numbers change.
+# outputs/shapes`: `shapes_config`, mask AP 0.816 on its 500 held-out images), we load its latest
+# checkpoint with `checkpoints.restore_model`. Otherwise, and always in the fast setting, we
+# train `small_config` here with notebook 09's loop: 300 steps at 128x128 (50 at 64x64 in the
+# fast setting). That model is weaker than the main job's; section 6 measures it. Every step
+# below works the same on any model; only the numbers change, and the cell below says which
+# model this run used.
 
 # %%
 if USE_MAIN_JOB:
@@ -91,6 +115,7 @@ else:
             print(f"step {step + 1:4d}  loss {float(terms['loss']):.3f}  ({time.perf_counter() - began:.0f} s)")
     print(f"trained here: {STEPS} steps of 4 images at {IMAGE}x{IMAGE} ({'a weak' if FAST else 'a short'} run)")
 
+NUM_VAL = NUM_VAL // 8 * 8  # whole batches of 8: the loader below drops a partial last batch
 val_source = shapes_source(f"validation[:{NUM_VAL}]", **DATA)
 NAMES = class_names(val_source)
 val_loader = make_loader(val_source, 8, image_size=IMAGE, max_instances=8, train=False)
@@ -102,8 +127,12 @@ print("classes:", NAMES, "; validation images:", len(val_source), "; a batch:", 
 # ## 2. Postprocessing, step by step
 #
 # At test time the RPN gives `P` proposals per image, and the box head gives, for each, `K`
-# class logits (background first) and `K` class-specific box deltas. We jit the model up to
-# there, and `predict_raw` (the whole of inference before mask pasting) beside it: one compile.
+# class logits (`K` classes, background first, as in the Mask R-CNN paper) and `K`
+# class-specific box deltas. We jit the model up to there, and `predict_raw` (the whole of
+# inference before mask pasting) beside it: one compile. The last line printed is the
+# postprocessing settings of this model's config, which the steps below use: `small_config`
+# keeps torchvision's score threshold 0.05 and NMS IoU 0.5 (at most 20 detections), while
+# `shapes_config` uses 0.01, 0.6 and 50.
 
 # %%
 def heads_and_raw(model, images):
@@ -154,17 +183,18 @@ cand_labels = np.tile(np.arange(1, K), len(proposals))
 print(f"{len(cand_scores)} candidates = {len(proposals)} proposals x {K - 1} classes")
 
 # %% [markdown]
-# **Score threshold and size**: keep candidates of valid proposals with score above 0.05 and
-# boxes at least 0.01 px wide and high.
+# **Score threshold and size**: keep candidates of valid proposals with a score above
+# `score_threshold` and boxes at least `min_size` (0.01 px) wide and high.
 
 # %%
 w, h = cand_boxes[:, 2] - cand_boxes[:, 0], cand_boxes[:, 3] - cand_boxes[:, 1]
 ok = np.repeat(proposal_valid, K - 1) & (cand_scores > cfg.score_threshold) & (w >= cfg.min_size) & (h >= cfg.min_size)
-print(f"{ok.sum()} of {len(ok)} candidates pass the threshold")
+print(f"{ok.sum()} of {len(ok)} candidates pass the score threshold {cfg.score_threshold}")
 
 # %% [markdown]
 # **Per-class NMS, then the top `D`**: in descending score order, keep a candidate unless a kept
-# box **of the same class** overlaps it with IoU above 0.5 (notebook 03); stop at `D` kept.
+# box **of the same class** overlaps it with IoU above `nms_threshold` (notebook 03); stop at
+# `D = detections_per_image` kept.
 
 # %%
 def iou_one_to_many(box, others):
@@ -188,7 +218,7 @@ def my_detect(boxes, scores, labels, ok, iou_threshold, top_k):
 
 
 mine = my_detect(cand_boxes, cand_scores, cand_labels, ok, cfg.nms_threshold, cfg.detections_per_image)
-print(f"{len(mine['scores'])} detections; the best five:")
+print(f"{len(mine['scores'])} detections (NMS IoU {cfg.nms_threshold}, at most {cfg.detections_per_image}); the best five:")
 for b, s, lab in zip(mine["boxes"][:5], mine["scores"][:5], mine["labels"][:5], strict=False):
     print(f"  {NAMES[lab]:8s} {s:.3f}  box {b.round(1)}")
 
@@ -237,9 +267,8 @@ print("binary mask == the box's pixels")
 # 8..20, so torchvision's rule gives 13 pixels per row of the binary mask, while the exact rule
 # gives the 11 pixels 9..19 whose centres lie inside the box. `RoIHeadsConfig.paste_rule`
 # chooses; every preset keeps torchvision's, so imported weights give torchvision's masks and the
-# benchmark against torchvision compares models, not paste rules. On the main job's model
-# (without the mirrored average below) the exact rule raises mask AP by about 0.01 and leaves
-# AP50 within 0.001 (500 tuning images apart from the held-out ones; session notes).
+# benchmark against torchvision compares models, not paste rules. (How each rule scores on the
+# main job's model is in `docs/tuning_notes.md`, a note for instructors.)
 
 # %%
 box = jnp.array([[8.6, 8.6, 20.4, 20.4]])
@@ -284,10 +313,15 @@ print("predict's masks == paste_masks(predict_raw's mask_probs):", out["masks"].
 # and the mirror turns that offset around (with `aligned=True` the average gained much less).
 # This is test-time augmentation, as detectron2's `GeneralizedRCNNWithTTA` does for masks; it
 # costs one more backbone pass. `RoIHeadsConfig.mask_flip_test` turns it on inside
-# `predict_raw`; `shapes_config` uses it: on 500 tuning images (apart from the held-out ones)
-# mask AP rose from 0.809 to 0.825 and AP50 from 0.959 to 0.960.
+# `predict_raw`; `shapes_config` uses it, `small_config` does not (what it gained on the main
+# job: `docs/tuning_notes.md`).
 #
-# By hand, for the best detection of the image above:
+# Two functions of `mrcnn_jax.inference` do the work, and we use them below:
+# `mask_probs(model, features, boxes, labels)` runs RoIAlign and the mask head on given boxes and
+# returns each box's `28x28` probabilities for its own label, `(B, D, 28, 28)`;
+# `mirrored_mask_probs(model, images, boxes, labels)` does the same on the mirrored images at the
+# mirrored boxes and mirrors each answer back into the original box's frame. By hand, for the
+# best detection of the image above:
 
 # %%
 boxes_i, labels_i = jnp.asarray(raw["boxes"][i:i + 1]), jnp.asarray(raw["labels"][i:i + 1])
@@ -412,7 +446,11 @@ print("a detection:", {k: (v if k != "segmentation" else "RLE ...") for k, v in 
 # %% [markdown]
 # For one category and one IoU threshold: per image, that category's detections sorted by
 # score (at most 100), their mask IoU with its objects, greedy matching; then all images' results
-# ranked by score together. The mean over the ten thresholds `0.5, 0.55, ..., 0.95` is COCO's AP.
+# ranked by score together. The mean over the ten thresholds `0.5, 0.55, ..., 0.95` is the
+# category's AP, and COCO's AP is the mean over categories. A category with no object in the
+# evaluated images has no recall to speak of: `my_interpolated_ap` returns -1 for it, and it is
+# left out of the mean, as pycocotools leaves out its -1 entries (a -1 in the mean would drag it
+# down by a made-up amount).
 
 # %%
 def dense(rle):
@@ -450,10 +488,13 @@ def my_category_ap(gt, dets, category):
 per_category = {}
 for category in range(1, len(NAMES)):
     ap, aps = my_category_ap(gt, dets, category)
+    if aps[0] == -1.0:  # no object of this category in these images: AP is undefined
+        print(f"{NAMES[category]:8s} no objects: left out of the mean")
+        continue
     per_category[category] = ap
     print(f"{NAMES[category]:8s} mask AP {ap:.4f}  (AP50 {aps[0]:.4f}, AP75 {aps[5]:.4f})")
 my_ap = float(np.mean(list(per_category.values())))
-print(f"mean over categories: mask AP {my_ap:.4f}")
+print(f"mean over the {len(per_category)} categories with objects: mask AP {my_ap:.4f}")
 
 # %% [markdown]
 # The package's `coco_evaluate` (its `precision` array holds the 101 interpolated values per
@@ -463,16 +504,36 @@ print(f"mean over categories: mask AP {my_ap:.4f}")
 full = coco_evaluate(gt, dets, iou_types=("segm",), with_arrays=True)["segm"]
 reference = pycocotools_stats(gt, dets)
 for k, category in enumerate(full["category_ids"]):
+    if category not in per_category:  # no objects: -1 everywhere, left out by both
+        continue
     theirs_k = full["precision"][:, :, k, 0, 2].mean()  # all areas, 100 detections
     assert abs(theirs_k - per_category[category]) < 1e-9, (category, theirs_k, per_category[category])
 assert abs(full["AP"] - my_ap) < 1e-9 and abs(results["segm"]["AP"] - my_ap) < 1e-9
 assert abs(reference["segm"]["AP"] - my_ap) < 1e-9
 print(f"mask AP: ours {my_ap:.6f}, coco_evaluate {full['AP']:.6f}, pycocotools {reference['segm']['AP']:.6f}")
 print_table(results)
+areas = np.array([g["area"] for g in gt["annotations"]])
+print(f"object areas in these images: {areas.min():.0f} to {areas.max():.0f} px; small < 32² = 1024, "
+      f"large > 96² = 9216: {(areas < 1024).sum()} small, {((areas >= 1024) & (areas <= 9216)).sum()} medium, "
+      f"{(areas > 9216).sum()} large")
 
 # %% [markdown]
-# For scale: the README's main job (2800 steps of 8 images at 128x128) reaches mask AP 0.816,
-# AP50 0.956 and box AP 0.856 on 500 held-out images.
+# How to read the table: each row is one number of pycocotools' summary.
+# - **AP** rows: the mean over IoU 0.5:0.95 (or at 0.5, 0.75 alone), over categories, with at
+#   most 100 detections per image, the quantity computed above.
+# - **area** restricts both objects and detections to a size range in pixels: small below
+#   `32² = 1024`, medium `32²..96²`, large above `96² = 9216`. A range without any object in the
+#   evaluated images has no AP; pycocotools prints **-1.000** for it. Shapes on 128x128 images
+#   are never larger than 96x96, so the large rows read -1 here (the line printed above counts
+#   the objects per range).
+# - **AR** rows: average recall, the fraction of objects found at all (at any score), given at
+#   most 1, 10 or 100 detections per image, averaged over IoU 0.5:0.95 and categories. AR1 is low
+#   whenever images hold several objects: one detection per image can find only one of them.
+#
+# For scale: the README's main job (`shapes_config`, 2800 steps of 8 images at 128x128) reaches
+# mask AP 0.816, AP50 0.956 and box AP 0.856 on all 500 held-out images. The figures above are
+# for this notebook's model on the first `NUM_VAL` held-out images (printed in section 1), so
+# they differ: a different model, or, with the main job's model, a subset of its images.
 #
 # The precision/recall curve of the category with the most detections, at IoU 0.5: the raw
 # precision zig-zags down (each false positive lowers it), the envelope is its running maximum
@@ -539,15 +600,17 @@ print("detections shown:", [int((out["valid"][j] & (out["scores"][j] >= SHOW)).s
 # ## Summary
 #
 # - Postprocessing turns `P` proposals x `K-1` classes into candidates (softmax scores,
-#   class-specific decoded and clipped boxes), drops those under 0.05, runs NMS per class and
-#   keeps the best `D`: `detect_boxes`, inside `predict_raw`.
+#   class-specific decoded and clipped boxes), drops those under the config's score threshold
+#   (torchvision: 0.05), runs NMS per class and keeps the best `D`: `detect_boxes`, inside
+#   `predict_raw`.
 # - The mask head runs on the detected boxes; `paste_masks` resizes each `28x28` map into its box
 #   (zero border, grown box, bilinear), thresholded at 0.5; `predict` does all of it in one jit.
 #   With `mask_flip_test` each mask is the average of the image's and the mirrored image's.
 # - Mask IoU counts pixels; COCO stores masks as column-major run lengths (RLE).
 # - AP for one category and threshold: rank by score, match greedily, precision and recall,
 #   the non-increasing envelope read at 101 recall levels; COCO's AP is the mean over IoU
-#   0.5:0.95 and over categories. Ours equals `coco_evaluate` and pycocotools.
+#   0.5:0.95 and over the categories that have objects. Ours equals `coco_evaluate` and
+#   pycocotools.
 #
 # ## Exercises
 #
