@@ -148,7 +148,8 @@ def test_bad_annotation_files_give_clear_errors(tmp_path):
     missing_image = tmp_path / "missing_image.json"
     data = _coco_dict()
     missing_image.write_text(json.dumps(data))
-    with pytest.raises(FileNotFoundError, match="a.png"):
+    with pytest.raises(ValueError, match=r"none of its 3 images is usable \(skipped or fixed: "
+                       r"3 image files not found .*first is expected at .*a.png"):
         prepare_coco(missing_image, tmp_path, tmp_path / "prepared", name="bad")
 
 

@@ -15,7 +15,7 @@ padding), ``pipeline`` (``make_loader``, batch keys and shapes).
 Taught in notebooks/00_data.
 """
 
-from mrcnn_jax.data.coco import coco_source, lvis_source, prepare_coco
+from mrcnn_jax.data.coco import coco_source, format_skipped, lvis_source, prepare_coco
 from mrcnn_jax.data.examples import class_names, default_data_dir, parse_example, tight_box
 from mrcnn_jax.data.pipeline import Loader, make_loader
 from mrcnn_jax.data.shapes import CLASS_NAMES, draw_shapes, prepare_shapes, shapes_source
@@ -27,6 +27,7 @@ __all__ = [
     "coco_source",
     "default_data_dir",
     "draw_shapes",
+    "format_skipped",
     "lvis_source",
     "make_loader",
     "parse_example",

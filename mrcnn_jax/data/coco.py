@@ -2,7 +2,8 @@
 
 ``prepare_coco`` reads a COCO JSON annotation file plus its image folder (COCO 2017 itself, or
 any dataset exported in COCO format: CVAT, Label Studio, Roboflow, ...) and writes the common
-example format (``examples.py``): the image bytes as they are, and per instance a box, a
+example format (``examples.py``): the image file's bytes (re-encoded only when converted,
+see below), and per instance a box, a
 contiguous label, the original ``category_id``, ``is_crowd`` and the mask as a PNG, decoded by
 pycocotools exactly like ``COCO.annToMask`` (polygons, uncompressed and compressed RLE, crowd).
 
@@ -11,15 +12,34 @@ names; the pipeline adds 1, so the model sees ``1..K`` and 0 = background.
 ``class_names(source)`` (examples.py) lists them; ``objects/category_id`` keeps the original ids
 for COCO evaluation.
 
-Bad input, all counted in ``builder.skipped`` (per split) and logged, never a crash in JAX:
+Bad input never crashes later in JAX and is never lost silently. A file that cannot be COCO
+raises a one-line ``ValueError`` (not JSON, not a dict with ``images`` and ``categories``, an
+entry lacking ``id``/``file_name``/``width``/``height``, duplicate category names, one image id
+for two different files); so does a split where no image is usable (with the skip counts).
+Everything else is skipped or fixed and counted per split in ``builder.skipped`` (a
+``collections.Counter``; ``SKIP_REASONS`` says what each key means, ``format_skipped`` prints
+it; the counts are saved beside the prepared data and read back when it is reused):
 
-- empty or invalid annotation file, no images or no categories: ``ValueError``;
-- image file missing: ``FileNotFoundError``; corrupt image or size unlike the JSON: image
-  skipped (``corrupt_images``);
-- annotation with an unknown category id: skipped (``unknown_category``);
-- box partly outside the image: clipped to it (``clipped_boxes``); zero area after clipping
-  (degenerate or fully outside): skipped (``zero_area``); segmentation pycocotools cannot
-  decode or that covers no pixel: skipped (``bad_segmentation``).
+- images: file missing (``missing_images``), unreadable (``corrupt_images``), size unlike the
+  JSON's ``width``/``height`` (``size_mismatch``), a repeated entry of the same id and file
+  (``duplicate_images``); the annotations of skipped images are counted too
+  (``annotations_of_skipped_images``);
+- images kept but converted (``images.py``): EXIF-rotated photos are turned upright when the
+  JSON has the upright size (``exif_rotated``, what CVAT / Label Studio show and measure) or
+  kept as stored when the JSON has the stored size (``exif_ignored``); grayscale, palette,
+  RGBA, CMYK and 16-bit images become 8-bit RGB (``converted_images``, 16-bit scaled by
+  255/65535). Such images are re-encoded (JPEG sources as JPEG quality 95, others as PNG);
+  all others are stored as their file's bytes, unchanged;
+- annotations: ``image_id`` not among ``images`` (``annotations_without_image``), unknown
+  ``category_id`` (``unknown_category``), a ``bbox`` that is not 4 finite numbers or an entry
+  lacking ``bbox``/``segmentation`` (``bad_bbox``), zero area after clipping to the image
+  (``zero_area``); a box partly outside is clipped (``clipped_boxes``, kept); polygon parts
+  with fewer than 3 points or non-finite coordinates are dropped (``short_polygons``; with
+  fewer than 3 points pycocotools would read a 2-point polygon as a box); a segmentation that
+  pycocotools cannot decode or that covers no pixel skips the annotation
+  (``bad_segmentation``).
+
+``builder.kept[split]`` counts the ``images`` and ``annotations`` written.
 
 Images without annotations are kept (all ``valid`` False in batches; torchvision's COCO training
 drops them). Crowd regions are stored; the pipeline drops them unless ``include_crowd=True``.
@@ -42,6 +62,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import pathlib
 
 import numpy as np
@@ -50,34 +71,130 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from mrcnn_jax.data.examples import default_data_dir, encode_png
+from mrcnn_jax.data.images import (
+    ROTATING,
+    decode_image,
+    encode_image,
+    exif_orientation,
+    plain_rgb,
+)
 
 _LOG = logging.getLogger(__name__)
+
+SKIP_REASONS = {  # builder.skipped keys, in the order format_skipped prints them
+    "missing_images": "image files not found (skipped)",
+    "corrupt_images": "unreadable image files (skipped)",
+    "size_mismatch": "images whose size differs from the JSON's width/height (skipped)",
+    "duplicate_images": "repeated images entries, same id and file (skipped)",
+    "annotations_of_skipped_images": "annotations of the skipped images (lost with them)",
+    "annotations_without_image": "annotations whose image_id is not in images (skipped)",
+    "unknown_category": "annotations with a category_id not in categories (skipped)",
+    "bad_bbox": "annotations without a bbox of 4 finite numbers or a segmentation (skipped)",
+    "zero_area": "annotations whose box has no area inside the image (skipped)",
+    "bad_segmentation": "annotations whose segmentation covers no pixel (skipped)",
+    "short_polygons": "polygon parts with < 3 points or non-finite values (dropped)",
+    "clipped_boxes": "boxes partly outside the image (clipped, kept)",
+    "exif_rotated": "images turned upright by their EXIF orientation (kept, re-encoded)",
+    "exif_ignored": "EXIF-rotated images the JSON measures as stored (kept unrotated)",
+    "converted_images": "grayscale/16-bit/RGBA/palette images made 8-bit RGB (kept, re-encoded)",
+}
+
+
+def format_skipped(counts, kept=None):
+    """A readable summary of one split's ``builder.skipped`` counts (``kept``: its
+    ``builder.kept``), e.g. ``"kept 40 images, 310 annotations; skipped or fixed: 2 image
+    files not found (skipped), ..."``; ``"nothing skipped"`` when ``counts`` is empty."""
+    keys = [k for k in SKIP_REASONS if counts.get(k)]
+    keys += [k for k in sorted(counts) if k not in SKIP_REASONS and counts[k]]
+    parts = [f"{counts[k]} {SKIP_REASONS.get(k, k)}" for k in keys]
+    text = "skipped or fixed: " + ", ".join(parts) if parts else "nothing skipped"
+    if kept:
+        text = f"kept {kept.get('images', 0)} images, {kept.get('annotations', 0)} " \
+               f"annotations; {text}"
+    return text
+
+
+def _check_entries(entries, keys, what, path):
+    if not isinstance(entries, list):
+        raise ValueError(f"COCO annotation file {path}: '{what}' must be a list; got "
+                         f"{type(entries).__name__}")
+    for k, entry in enumerate(entries):
+        missing = [key for key in keys if not isinstance(entry, dict) or key not in entry]
+        if missing:
+            raise ValueError(f"COCO annotation file {path}: {what}[{k}] lacks {missing} "
+                             f"(needs {list(keys)}); got {str(entry)[:80]}")
+
+
+def _check_ids(data, path):
+    """Integer image ids, one file per id; unique category names (TFDS class labels)."""
+    files = {}
+    for info in data["images"]:
+        if not isinstance(info["id"], int) or isinstance(info["id"], bool):
+            raise ValueError(f"COCO annotation file {path}: image ids must be integers; got "
+                             f"{info['id']!r} for {info['file_name']}")
+        other = files.setdefault(info["id"], info["file_name"])
+        if other != info["file_name"]:
+            raise ValueError(f"COCO annotation file {path}: image id {info['id']} is used by "
+                             f"two files, {other} and {info['file_name']}; ids must be unique")
+    names = collections.defaultdict(list)
+    for cat in data["categories"]:
+        names[str(cat["name"])].append(cat["id"])
+    repeated = {n: ids for n, ids in names.items() if len(ids) > 1}
+    if repeated:
+        raise ValueError(f"COCO annotation file {path}: category names must be unique; "
+                         f"repeated (name: ids): {repeated}")
 
 
 def load_annotations(annotation_file):
     """Read and check a COCO JSON file; returns the dict. Raises ``ValueError`` if unusable."""
     path = pathlib.Path(annotation_file)
-    text = path.read_text() if path.exists() else None
-    if text is None:
+    if not path.is_file():
         raise FileNotFoundError(f"COCO annotation file {path} does not exist")
+    text = path.read_text()
     if not text.strip():
         raise ValueError(f"COCO annotation file {path} is empty")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"COCO annotation file {path} is not valid JSON: {error}") from None
+    if isinstance(data, list):
+        raise ValueError(f"COCO annotation file {path} holds a list, not a dict with 'images', "
+                         "'annotations' and 'categories' (a COCO results file?)")
     if not isinstance(data, dict) or not data.get("images") or not data.get("categories"):
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"COCO annotation file {path} needs non-empty 'images' and "
                          f"'categories' lists; found keys {keys}")
     data.setdefault("annotations", [])
+    _check_entries(data["images"], ("id", "file_name", "width", "height"), "images", path)
+    _check_entries(data["categories"], ("id", "name"), "categories", path)
+    if not isinstance(data["annotations"], list):
+        raise ValueError(f"COCO annotation file {path}: 'annotations' must be a list; got "
+                         f"{type(data['annotations']).__name__}")
+    _check_ids(data, path)
     return data
 
 
+def clean_polygons(segmentation):
+    """Polygon parts with at least 3 finite points; returns ``(parts, number dropped)``."""
+    parts = []
+    for part in segmentation:
+        try:
+            values = [float(v) for v in part]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) >= 6 and len(values) % 2 == 0 and all(map(math.isfinite, values)):
+            parts.append(values)
+    return parts, len(segmentation) - len(parts)
+
+
 def annotation_mask(segmentation, height, width):
-    """Decode a COCO ``segmentation`` to ``(H, W)`` uint8 0/1, as ``COCO.annToMask`` does."""
+    """Decode a COCO ``segmentation`` to ``(H, W)`` uint8 0/1, as ``COCO.annToMask`` does
+    (polygons: only the parts ``clean_polygons`` keeps; none left gives an empty mask)."""
     if isinstance(segmentation, list):  # polygons: one RLE per part, merged
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        parts, _ = clean_polygons(segmentation)
+        if not parts:
+            return np.zeros((height, width), np.uint8)
+        rle = mask_utils.merge(mask_utils.frPyObjects(parts, height, width))
     elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
         rle = mask_utils.frPyObjects(segmentation, height, width)
     else:  # compressed RLE (counts as str or bytes)
@@ -91,6 +208,14 @@ def clip_coco_box(bbox, height, width):
     box = np.array([x, y, x + w, y + h], np.float32)
     clipped = np.clip(box, 0, [width, height, width, height]).astype(np.float32)
     return clipped, bool((clipped != box).any())
+
+
+def _finite_box(bbox):
+    """Whether ``bbox`` is 4 finite numbers."""
+    try:
+        return len(bbox) == 4 and all(math.isfinite(float(v)) for v in bbox)
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclasses.dataclass(eq=False)
@@ -108,6 +233,7 @@ class CocoInstances(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def __init__(self, **kwargs):
         self.skipped = {}  # split -> collections.Counter of skipped or fixed items
+        self.kept = {}  # split -> collections.Counter of images and annotations written
         self._annotations = {}
         super().__init__(**kwargs)
 
@@ -155,39 +281,84 @@ class CocoInstances(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, split, annotation_file, image_dir):
         data = self._load(annotation_file)
         labels = {cat_id: k for k, (cat_id, _) in enumerate(self._categories())}
+        image_ids = {info["id"] for info in data["images"]}
         by_image = collections.defaultdict(list)
-        for ann in data["annotations"]:
-            by_image[ann["image_id"]].append(ann)
         counts = self.skipped.setdefault(split, collections.Counter())
+        kept = self.kept.setdefault(split, collections.Counter())
+        for ann in data["annotations"]:
+            if not isinstance(ann, dict) or ann.get("image_id") not in image_ids:
+                counts["annotations_without_image"] += 1
+            else:
+                by_image[ann["image_id"]].append(ann)
+        seen = set()
         for info in data["images"]:
+            if info["id"] in seen:  # same id and file (other files raised in load)
+                counts["duplicate_images"] += 1
+                continue
+            seen.add(info["id"])
             record = _image_record(info, pathlib.Path(image_dir), counts)
-            if record is not None:
-                record["objects"] = _objects(by_image[info["id"]], labels, info, counts)
-                yield int(info["id"]), record
+            if record is None:
+                if by_image[info["id"]]:
+                    counts["annotations_of_skipped_images"] += len(by_image[info["id"]])
+                continue
+            record["objects"] = _objects(by_image[info["id"]], labels, info, counts)
+            kept["images"] += 1
+            kept["annotations"] += len(record["objects"]["id"])
+            yield int(info["id"]), record
+        if not kept["images"]:
+            first = pathlib.Path(image_dir) / data["images"][0]["file_name"]
+            raise ValueError(f"{annotation_file}: none of its {len(data['images'])} images is "
+                             f"usable ({format_skipped(counts)}); the first is expected at "
+                             f"{first}")
         if counts:
-            _LOG.warning("%s %s: %s", annotation_file, split, dict(counts))
+            _LOG.warning("%s %s: %s", annotation_file, split, format_skipped(counts, kept))
 
 
-def _image_record(info, image_dir, counts):
-    """Image bytes and ids of one COCO ``images`` entry; ``None`` (counted) if corrupt."""
-    path = image_dir / info["file_name"]
-    if not path.exists():
-        raise FileNotFoundError(f"image {path} (image id {info['id']}) listed in the "
-                                f"annotations is not in {image_dir}")
+def _open_image(path):
+    """``(bytes, format, stored size (w, h), EXIF orientation, plain RGB?)``; None if broken."""
     data = path.read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            size = image.size
+            return data, image.format, image.size, exif_orientation(image), plain_rgb(
+                data, image)
     except Exception as error:  # PIL raises several types for broken files
-        _LOG.warning("skipping corrupt image %s: %s", path, error)
+        _LOG.warning("skipping unreadable image %s: %s", path, error)
+        return None
+
+
+def _image_record(info, image_dir, counts):
+    """Image bytes and ids of one COCO ``images`` entry; ``None`` (counted) if unusable."""
+    path = image_dir / info["file_name"]
+    if not path.is_file():
+        if not counts["missing_images"]:
+            _LOG.warning("image %s (id %s) is not in %s", info["file_name"], info["id"], image_dir)
+        counts["missing_images"] += 1
+        return None
+    opened = _open_image(path)
+    if opened is None:
         counts["corrupt_images"] += 1
         return None
-    if size != (info["width"], info["height"]):
-        _LOG.warning("skipping %s: size %s, annotations say %s", path, size,
-                     (info["width"], info["height"]))
-        counts["corrupt_images"] += 1
+    data, fmt, stored, orientation, plain = opened
+    upright = stored[::-1] if orientation in ROTATING else stored
+    expected = (info["width"], info["height"])
+    rotate = orientation != 1 and upright == expected  # else the tool saw the stored pixels
+    if not rotate and stored != expected:
+        _LOG.warning("skipping %s: size %s, the annotations say %s", path, upright, expected)
+        counts["size_mismatch"] += 1
         return None
+    if orientation != 1:
+        counts["exif_rotated" if rotate else "exif_ignored"] += 1
+    if rotate or not plain:  # re-encode; readers ignore EXIF, so plain unrotated bytes stay
+        try:
+            pixels = decode_image(data, apply_exif=rotate)  # (H, W, 3) uint8
+        except ValueError as error:
+            _LOG.warning("skipping %s: %s", path, error)
+            counts["corrupt_images"] += 1
+            return None
+        if not plain:
+            counts["converted_images"] += 1
+        data = encode_image(pixels, jpeg=fmt == "JPEG")
     return {"image": data, "image/id": int(info["id"]), "image/filename": info["file_name"]}
 
 
@@ -200,19 +371,26 @@ def _objects(annotations, labels, info, counts):
         if ann.get("category_id") not in labels:
             counts["unknown_category"] += 1
             continue
+        if not _finite_box(ann.get("bbox")) or "segmentation" not in ann:
+            counts["bad_bbox"] += 1
+            continue
         box, clipped = clip_coco_box(ann["bbox"], height, width)
         if box[2] <= box[0] or box[3] <= box[1]:
             counts["zero_area"] += 1
             continue
-        if clipped:
-            counts["clipped_boxes"] += 1
+        segmentation = ann["segmentation"]
+        dropped = clean_polygons(segmentation)[1] if isinstance(segmentation, list) else 0
+        if dropped:
+            counts["short_polygons"] += dropped
         try:
-            mask = annotation_mask(ann["segmentation"], height, width)  # (H, W)
+            mask = annotation_mask(segmentation, height, width)  # (H, W)
         except Exception:  # pycocotools raises TypeError/ValueError on malformed input
             mask = None
-        if mask is None or not mask.any():
+        if mask is None or mask.shape != (height, width) or not mask.any():
             counts["bad_segmentation"] += 1
             continue
+        if clipped:
+            counts["clipped_boxes"] += 1
         objects["id"].append(int(ann.get("id", -1)))
         objects["bbox"].append(box[[1, 0, 3, 2]] / np.array([height, width] * 2, np.float32))
         objects["label"].append(labels[ann["category_id"]])
@@ -233,8 +411,11 @@ def prepare_coco(annotation_file, image_dir, data_dir=None, name="custom", split
       split: split name of this file (``"train"``, ``"validation"``, ...).
       more_splits: further ``(split, annotation_file, image_dir)`` with the same categories.
 
-    Returns the builder (no-op if already prepared); ``builder.skipped`` counts bad input per
-    split (empty when nothing was written in this call).
+    Returns the builder (no-op if already prepared). ``builder.skipped[split]`` counts bad
+    input (``SKIP_REASONS``) and ``builder.kept[split]`` the images and annotations written;
+    both are saved as ``skipped.json`` in the prepared folder and read back from it when the
+    data were prepared earlier. Print them with ``format_skipped(builder.skipped[split],
+    builder.kept[split])``.
     """
     splits = ((split, str(annotation_file), str(image_dir)),
               *((s, str(a), str(d)) for s, a, d in more_splits))
@@ -242,6 +423,13 @@ def prepare_coco(annotation_file, image_dir, data_dir=None, name="custom", split
     data_dir = default_data_dir() if data_dir is None else data_dir
     builder = CocoInstances(config=config, data_dir=str(data_dir), file_format="array_record")
     builder.download_and_prepare()
+    saved = pathlib.Path(builder.data_dir) / "skipped.json"
+    if builder.kept:  # written in this call
+        saved.write_text(json.dumps({"skipped": builder.skipped, "kept": builder.kept}))
+    elif saved.exists():
+        counts = json.loads(saved.read_text())
+        builder.skipped = {k: collections.Counter(v) for k, v in counts["skipped"].items()}
+        builder.kept = {k: collections.Counter(v) for k, v in counts["kept"].items()}
     return builder
 
 
