@@ -2,22 +2,47 @@
 
     python -m mrcnn_jax.evaluate --workdir outputs/shapes            # latest checkpoint there
     python -m mrcnn_jax.evaluate --workdir outputs/shapes --num_val 500 --out results.json
+    python -m mrcnn_jax.evaluate --workdir outputs/coco --annotations val.json --images val/
 
-Runs the jitted ``predict`` over the split in fixed-size batches (no shuffling, no flips),
-turns detections and ground truth into COCO dicts, scores them with the project's own
+Runs the jitted network over the split in fixed-size batches (no shuffling, no flips), turns
+detections and ground truth into COCO dicts, scores them with the project's own
 ``coco_evaluate`` (equal to pycocotools), prints the standard table and writes the detections
 as a COCO results JSON. ``--check_pycocotools`` also runs pycocotools on the same input and
 reports the largest difference.
 
-Shape shorthand: ``B`` batch, ``D`` detections, ``G`` ground-truth slots, ``H, W`` image.
-Taught in notebooks/10_inference_and_evaluation.
+Without ``--annotations`` the split is the shapes validation split of the run (``run.json``'s
+``data``), at the model's input size. With ``--annotations B.json --images DIR`` it is any
+COCO-format split, for any work directory (trained here or written by ``import_torchvision``):
+
+- the split is prepared once with ``prepare_coco`` into ``--data_dir`` under a name made from
+  the file's path, size and modification time (reused while the file is unchanged); the skip
+  counts are printed;
+- the dataset's categories are matched to the model's classes (``run.json``'s
+  ``class_names``, background first) **by name**: every dataset category needs a model class
+  of the same name, else a ``ValueError`` lists the mismatch; a model with more classes (COCO's
+  91) is fine, its detections of classes the dataset lacks are dropped and counted;
+- images of any size are fitted into the model's ``image_size`` (``predict.fit_image``) and
+  the detections mapped back to the original pixels (``predict.to_original``);
+- the ground truth is the JSON's own entries (``bbox``, ``segmentation``, ``area``,
+  ``iscrowd`` as written; a missing ``area`` is the mask's pixel count) for the images and
+  annotations ``prepare_coco`` kept, and ``detections.json`` uses the dataset's original image
+  and category ids, so pycocotools on the same JSON and ``detections.json`` gives the same
+  figures when nothing was skipped;
+- a per-category table (AP and AP50 for boxes and masks, by category name) follows the COCO
+  table; the returned results hold it as ``results["per_class"]``.
+
+Shape shorthand: ``B`` batch, ``D`` detections, ``G`` ground-truth slots, ``H, W`` model input,
+``h, w`` original image. Taught in notebooks/10_inference_and_evaluation.
 """
 
 import argparse
+import collections
 import contextlib
+import hashlib
 import io
 import json
 import pathlib
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -142,6 +167,147 @@ def evaluate_sharded(model, source, class_names, batch_size, mesh, *, image_size
     return coco_evaluate(ground_truth, detections), ground_truth, detections
 
 
+def coco_split_name(annotation_file, image_dir):
+    """Prepared-data name of a COCO split: ``eval_<stem>_<hash of path, size, mtime, images>``,
+    so an edited JSON is prepared again and an unchanged one reused."""
+    path = pathlib.Path(annotation_file).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{pathlib.Path(image_dir).resolve()}"
+    stem = re.sub(r"[^a-z0-9]+", "_", path.stem.lower()).strip("_")[:40] or "split"
+    return f"eval_{stem}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+def category_map(model_names, categories):
+    """``{model label: dataset category id}`` matching names; ``model_names[0]`` is background.
+
+    Raises ``ValueError`` listing the dataset's categories that no model class is named after.
+    """
+    labels = {str(name): k for k, name in enumerate(model_names) if k > 0}
+    missing = [f"{c['name']} (id {c['id']})" for c in categories if str(c["name"]) not in labels]
+    if missing:
+        raise ValueError(f"the dataset's categories {missing} are not among the model's "
+                         f"classes {list(model_names[1:])} (matched by name)")
+    return {labels[str(c["name"])]: int(c["id"]) for c in categories}
+
+
+def fitted_batches(source, batch_size, image_size):
+    """Every record of ``source`` once, in order, fitted into ``image_size (H, W)``.
+
+    Yields ``images (B, H, W, 3)``, ``scales (B, 2)`` (sy, sx), ``orig_sizes (B, 2)`` (h, w),
+    ``image_ids``, ``ann_ids`` and ``mask_areas`` (per image, its stored annotations) and
+    ``image_valid (B,)``: the last batch is filled up with copies of the last record.
+    """
+    from mrcnn_jax.predict import fit_image
+
+    n = len(source)
+    for start in range(0, n, batch_size):
+        rows = [source[min(i, n - 1)] for i in range(start, start + batch_size)]
+        pixels = [np.asarray(r["image"]) for r in rows]  # each (h, w, 3)
+        fitted = [fit_image(p, image_size) for p in pixels]
+        yield {"images": np.stack([c for c, _ in fitted]),  # (B, H, W, 3)
+               "scales": np.stack([sc for _, sc in fitted]),  # (B, 2)
+               "orig_sizes": np.array([p.shape[:2] for p in pixels]),  # (B, 2)
+               "image_ids": [int(r["image/id"]) for r in rows],
+               "ann_ids": [[int(a) for a in r["objects"]["id"]] for r in rows],
+               "mask_areas": [[float((np.asarray(m) > 0).sum()) for m in
+                               r["objects"]["segmentation"]] for r in rows],
+               "image_valid": np.arange(start, start + batch_size) < n}
+
+
+def ground_truth_subset(data, kept, areas):
+    """The COCO dict ``data`` cut to the images and annotations ``kept``
+    (``{image_id: [annotation id, ...]}``); ``areas[(image_id, ann_id)]`` fills a missing
+    ``area``."""
+    wanted = {(image_id, ann_id) for image_id, ids in kept.items() for ann_id in ids}
+    if any(ann_id == -1 for _, ann_id in wanted):
+        raise ValueError("annotations without an 'id' cannot be evaluated (COCO needs one)")
+    images = list({img["id"]: img for img in reversed(data["images"]) if img["id"] in kept}
+                  .values())[::-1]  # the first entry of each id, in file order
+    annotations = []
+    for ann in data["annotations"]:
+        key = (ann.get("image_id"), ann.get("id")) if isinstance(ann, dict) else None
+        if key in wanted:
+            wanted.discard(key)  # once, even if an id repeats
+            annotations.append(ann if "area" in ann else dict(ann, area=areas[key]))
+    return {"images": images, "annotations": annotations, "categories": data["categories"]}
+
+
+def per_class_ap(results, categories, ground_truth):
+    """``{name: {"instances": n, "bbox": {"AP", "AP50"}, "segm": {...}}}`` from the
+    ``precision (T, R, K, A, M)`` arrays of ``coco_evaluate(..., with_arrays=True)``
+    (area "all", the largest cap; -1 where a category has no ground truth)."""
+    names = {c["id"]: str(c["name"]) for c in categories}
+    counts = collections.Counter(a["category_id"] for a in ground_truth["annotations"]
+                                 if not a.get("iscrowd", 0))
+    table = {}
+    for iou_type, stats in results.items():
+        for k, cat_id in enumerate(stats["category_ids"].tolist()):
+            row = table.setdefault(names[cat_id], {"instances": counts[cat_id]})
+            p = stats["precision"][:, :, k, 0, -1]  # (T, R)
+            row[iou_type] = {"AP": float(p[p > -1].mean()) if (p > -1).any() else -1.0,
+                             "AP50": float(p[0][p[0] > -1].mean()) if (p[0] > -1).any()
+                             else -1.0}
+    return table
+
+
+def print_per_class(table):
+    print(f"{'category':<24} {'instances':>9} {'box AP':>7} {'AP50':>6} {'mask AP':>8} "
+          f"{'AP50':>6}")
+    for name, row in table.items():
+        box, segm = row.get("bbox", {}), row.get("segm", {})
+        print(f"{name[:24]:<24} {row['instances']:>9d} {box.get('AP', -1):>7.3f} "
+              f"{box.get('AP50', -1):>6.3f} {segm.get('AP', -1):>8.3f} "
+              f"{segm.get('AP50', -1):>6.3f}")
+
+
+def evaluate_coco_split(model, source, data, label_to_category, batch_size, mesh,
+                        progress=True):
+    """COCO metrics of ``model`` on a prepared COCO-format split, in original image pixels.
+
+    Args:
+      source: ``coco_source`` of the split; ``data``: its COCO JSON dict (ground truth).
+      label_to_category: ``category_map`` (model label -> dataset category id).
+      batch_size: a multiple of the mesh's devices; the last batch is padded.
+    Returns ``(results, ground_truth, detections, dropped)`` on process 0 (``None`` x 4
+    elsewhere); ``results["per_class"]`` is :func:`per_class_ap`; ``dropped`` counts
+    detections of model classes that are not dataset categories.
+    """
+    import jax
+
+    from mrcnn_jax.predict import detect_batch, to_original
+    from mrcnn_jax.sharding import check_batch_size
+
+    check_batch_size(batch_size, mesh)
+    kept, areas, detections, dropped = {}, {}, [], 0
+    known = np.array(sorted(label_to_category))
+    batches = fitted_batches(source, batch_size, model.config.image_size)
+    for batch in tqdm(batches, total=-(-len(source) // batch_size), desc="evaluate",
+                      unit="batch", disable=not progress or jax.process_index() != 0):
+        outs = jax.tree.map(np.asarray, detect_batch(model, batch["images"], mesh))
+        for i in np.flatnonzero(batch["image_valid"]):
+            image_id = batch["image_ids"][i]
+            kept[image_id] = batch["ann_ids"][i]
+            areas.update({(image_id, a): m for a, m in zip(batch["ann_ids"][i],
+                                                           batch["mask_areas"][i], strict=True)})
+            det = to_original({k: v[i] for k, v in outs.items()}, batch["scales"][i],
+                              batch["orig_sizes"][i], model.config.roi_heads.paste_rule)
+            mine = det["valid"] & np.isin(det["labels"], known)  # (D,)
+            dropped += int((det["valid"] & ~mine).sum())
+            detections += detections_to_coco(image_id, det["boxes"], det["scores"],
+                                             det["labels"], det["masks"], mine,
+                                             label_to_category_id=label_to_category)
+    if jax.process_index() != 0:
+        return None, None, None, None
+    ground_truth = ground_truth_subset(data, kept, areas)
+    results = coco_evaluate(ground_truth, detections, with_arrays=True)
+    table = per_class_ap(results, data["categories"], ground_truth)
+    for stats in results.values():
+        for key in ("precision", "recall", "category_ids"):
+            stats.pop(key)
+    results["per_class"] = table
+    return results, ground_truth, detections, dropped
+
+
 def pycocotools_stats(ground_truth, detections):
     """pycocotools' ``COCOeval.stats`` on the same input, as ``{iou_type: {name: value}}``."""
     from pycocotools.coco import COCO
@@ -162,6 +328,28 @@ def pycocotools_stats(ground_truth, detections):
     return results
 
 
+def _prepare_split(args, run, model):
+    """The prepared COCO split of ``--annotations``/``--images``, its JSON and the category map
+    (``ValueError``/``FileNotFoundError`` with one line on bad input)."""
+    from mrcnn_jax.data.coco import coco_source, format_skipped, load_annotations, prepare_coco
+
+    names = run.get("class_names")
+    if not names or len(names) != model.config.num_classes:
+        raise ValueError(f"{args.workdir}/run.json needs 'class_names' (background first) for "
+                         f"the model's {model.config.num_classes} classes; got {names}")
+    if not pathlib.Path(args.images).is_dir():
+        raise FileNotFoundError(f"--images {args.images} is not a folder")
+    data = load_annotations(args.annotations)
+    label_to_category = category_map(names, data["categories"])
+    name = coco_split_name(args.annotations, args.images)
+    builder = prepare_coco(args.annotations, args.images, args.data_dir, name=name,
+                           split="validation")
+    summary = format_skipped(builder.skipped.get("validation", {}),
+                             builder.kept.get("validation"))
+    print(f"{args.annotations}: {summary}")
+    return coco_source(name, "validation", args.data_dir), data, label_to_category
+
+
 def main(argv=None):
     from mrcnn_jax.checkpoints import restore_model
     from mrcnn_jax.data import class_names, shapes_source
@@ -169,9 +357,12 @@ def main(argv=None):
     from mrcnn_jax.sharding import add_distributed_args, init_distributed, make_mesh, replicate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True, help="training work directory")
+    parser.add_argument("--workdir", required=True, help="training or import work directory")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (latest)")
-    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--annotations", default=None,
+                        help="COCO JSON of the split to evaluate (default: shapes validation)")
+    parser.add_argument("--images", default=None, help="folder of that JSON's file_names")
+    parser.add_argument("--data_dir", default=None, help="prepared data (default <repo>/data)")
     parser.add_argument("--num_val", type=int, default=500, help="held-out shapes images")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--out", default=None, help="COCO results JSON (default in workdir)")
@@ -183,22 +374,41 @@ def main(argv=None):
                         help="compute dtype (default: the run's)")
     add_distributed_args(parser)
     args = parser.parse_args(argv)
+    if (args.annotations is None) != (args.images is None):
+        parser.error("--annotations and --images go together")
     init_distributed(args)
-    model, run = restore_model(args.workdir, args.step)
+    try:
+        if not pathlib.Path(args.workdir, "run.json").is_file():
+            raise FileNotFoundError(f"{args.workdir} is not a work directory (no run.json)")
+        model, run = restore_model(args.workdir, args.step)
+        if args.annotations:
+            source, data, label_to_category = _prepare_split(args, run, model)
+    except (ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     if args.dtype:
         set_compute_dtype(model, args.dtype)
         model.config = model.config.replace(dtype=args.dtype)
-    source = shapes_source("validation", args.data_dir, **run["data"] | {"num_val": args.num_val})
     mesh = make_mesh(args.devices)
     replicate(mesh, model)
     n = mesh.devices.size
     batch_size = -(-args.batch_size // n) * n  # the split is padded, every image evaluated
-    results, gt, dets = evaluate_sharded(model, source, class_names(source), batch_size, mesh,
-                                         image_size=model.config.image_size[0],
-                                         max_instances=run["max_instances"])
+    if args.annotations:
+        batch_size = min(batch_size, -(-len(source) // n) * n)  # no batch larger than needed
+        results, gt, dets, dropped = evaluate_coco_split(model, source, data, label_to_category,
+                                                         batch_size, mesh)
+    else:
+        source = shapes_source("validation", args.data_dir,
+                               **run["data"] | {"num_val": args.num_val})
+        results, gt, dets = evaluate_sharded(model, source, class_names(source), batch_size,
+                                             mesh, image_size=model.config.image_size[0],
+                                             max_instances=run["max_instances"])
     if results is None:  # not process 0
         return
-    print_table(results)
+    print_table({t: results[t] for t in ("bbox", "segm")})
+    if args.annotations:
+        print_per_class(results["per_class"])
+        if dropped:
+            print(f"dropped {dropped} detections of model classes the dataset does not have")
     out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "detections.json")
     out.write_text(json.dumps(dets))
     print(f"wrote {len(dets)} detections to {out}")
