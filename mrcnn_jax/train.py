@@ -1,23 +1,34 @@
-"""Train Mask R-CNN on the synthetic shapes data: ``python -m mrcnn_jax.train``.
+"""Train Mask R-CNN on the shapes data or your own COCO-format data: ``python -m mrcnn_jax.train``.
 
-    python -m mrcnn_jax.train --minutes 17 --workdir outputs/shapes   # the README's main job
+    python -m mrcnn_jax.train --minutes 15 --workdir outputs/shapes   # the README's main job
     python -m mrcnn_jax.train --steps 200 --workdir outputs/quick
+    python -m mrcnn_jax.train --train_annotations my/train.json --train_images my/images \
+        --init outputs/shapes --minutes 10 --workdir outputs/mine      # your data, fine-tuned
     python -m mrcnn_jax.train --help
 
-Prepares the shapes data if needed, trains the ``shapes_config`` preset from scratch with
-SGD + momentum, linear warm-up and cosine decay, shows a progress bar with the loss terms and
-images/s, writes ``metrics.jsonl`` and ``loss_curve.png`` in the work directory, checkpoints
-with Orbax (atomic; ``--resume`` continues the same run: batch ``i`` and the key of step ``i``
-depend only on the seed and ``i``), evaluates the validation loss periodically and, at the
-end, COCO box and mask AP on the held-out split, and saves a picture of predictions.
+Prepares the data if needed (the synthetic shapes, or a COCO-format JSON plus its image folder,
+printing what was skipped), builds the model (a preset from scratch, or ``--init`` from a
+torchvision state dict or a work directory of ours), trains with SGD + momentum, linear
+warm-up and cosine decay, shows a progress bar with the loss terms and images/s, writes
+``metrics.jsonl`` and ``loss_curve.png`` in the work directory, checkpoints with Orbax (atomic;
+``--resume`` continues the same run: batch ``i`` and the key of step ``i`` depend only on the
+seed and ``i``), evaluates the validation loss periodically and, at the end, COCO box and mask
+AP on the held-out split, and saves a picture of predictions.
 
-Taught in notebooks/09_training.
+``--minutes M`` fits the schedule to the budget: after compilation the step time is measured and
+the schedule's length set so that its decay ends inside ``M`` minutes (refitted a few times,
+``schedule.BudgetFit``; the length and step time go to ``run.json``). A slower machine trains
+fewer steps but still finishes its decay. ``--steps`` then caps the length.
+
+Taught in notebooks/09_training (shapes) and notebooks/13_your_own_dataset (your data).
 """
 
 import argparse
 import concurrent.futures
+import itertools
 import json
 import pathlib
+import sys
 import time
 
 import jax
@@ -28,8 +39,10 @@ from tqdm import tqdm
 
 from mrcnn_jax import checkpoints
 from mrcnn_jax.config import shapes_config, small_config
-from mrcnn_jax.data import class_names, make_loader, shapes_source
+from mrcnn_jax.data import class_names, make_loader
+from mrcnn_jax.data.splits import coco_splits, split_sources
 from mrcnn_jax.model import MaskRCNN
+from mrcnn_jax.schedule import BudgetFit, set_total_steps
 from mrcnn_jax.sharding import (
     add_distributed_args,
     check_batch_size,
@@ -44,41 +57,157 @@ from mrcnn_jax.sharding import (
 from mrcnn_jax.training import LOSS_TERMS, check_batch, eval_losses, make_optimizer
 
 PRESETS = {"shapes": shapes_config, "small": small_config}
+DEFAULT_STEPS, DEFAULT_LR, DEFAULT_WARMUP = 2800, 0.02, 200  # from scratch, shapes
+COCO_MASK_CROP = 112  # DESIGN.md "Data": own data keeps masks as crops in their boxes
+
+
+class UserInputError(Exception):
+    """Data, weights or a work directory that cannot be used, as the message says."""
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default="outputs/shapes", help="checkpoints, metrics, pictures")
     p.add_argument("--data_dir", default=None, help="prepared data (default <repo>/data)")
-    p.add_argument("--num_train", type=int, default=8000,
-                   help="shapes training images (8000: generated in ~20 s, each seen ~3 times)")
-    p.add_argument("--num_val", type=int, default=500, help="held-out shapes images")
-    p.add_argument("--image_size", type=int, default=128)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="shapes",
-                   help="model preset: shapes_config (tuned for this job) or small_config")
-    p.add_argument("--steps", type=int, default=2800,
-                   help="total optimisation steps (2800 took 14-18 min on the 2-core CPU)")
-    p.add_argument("--minutes", type=float, default=None,
-                   help="stop training after this wall-clock budget (schedule still spans --steps)")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.02, help="peak learning rate")
-    p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
-    p.add_argument("--max_instances", type=int, default=8, help="ground-truth slots per image")
-    p.add_argument("--eval_every", type=int, default=500, help="validation loss every N steps")
-    p.add_argument("--checkpoint_every", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    p.add_argument("--stop_after", type=int, default=None,
-                   help="checkpoint and stop once this many steps are done (resume later)")
-    p.add_argument("--no_final_eval", action="store_true", help="skip COCO evaluation")
-    p.add_argument("--devices", type=int, default=None,
-                   help="devices of the data-parallel mesh (default: all visible); "
-                        "--batch_size is global and must divide by it")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="compute dtype of convolutions and matmuls (parameters, norms, losses "
-                        "and box geometry stay float32)")
+    data = p.add_argument_group("data: the shapes (default) or a COCO-format dataset")
+    data.add_argument("--num_train", type=int, default=8000,
+                      help="shapes training images (8000: generated in ~20 s, each seen ~3 times)")
+    data.add_argument("--num_val", type=int, default=500, help="held-out shapes images")
+    data.add_argument("--train_annotations", default=None, help="COCO JSON of the training images")
+    data.add_argument("--train_images", default=None, help="folder of the training images")
+    data.add_argument("--val_annotations", default=None, help="COCO JSON of a validation split")
+    data.add_argument("--val_images", default=None, help="folder of the validation images")
+    data.add_argument("--val_fraction", type=float, default=0.1,
+                      help="without --val_annotations: the fraction of training images held out")
+    data.add_argument("--image_size", type=int, default=None,
+                      help="fit every image into S x S, aspect kept, padded (default 128)")
+    data.add_argument("--min_size", type=int, default=None,
+                      help="torchvision-style resize: shorter side to this ... (with --max_size)")
+    data.add_argument("--max_size", type=int, default=None,
+                      help="... unless the longer side would pass this; padded to max x max")
+    data.add_argument("--max_instances", type=int, default=8,
+                      help="ground-truth slots per image (more are cut, and counted)")
+    data.add_argument("--mask_crop", type=int, default=None,
+                      help=f"ground-truth masks as M x M crops in their boxes (default "
+                           f"{COCO_MASK_CROP} for COCO-format data, full masks for shapes; "
+                           "0: full)")
+    model = p.add_argument_group("model and schedule")
+    model.add_argument("--preset", choices=sorted(PRESETS), default="shapes",
+                       help="model preset from scratch: shapes_config (tuned for the shapes "
+                            "job) or small_config; ignored with --init")
+    model.add_argument("--init", default=None,
+                       help="start from weights: a torchvision state dict (.pth needs torch; "
+                            ".npz) or a work directory of ours; class layers are re-initialised "
+                            "when the class count differs")
+    model.add_argument("--trainable_backbone_layers", type=int, default=None, choices=range(6),
+                       help="torchvision's meaning: 5 trains the whole ResNet, 3 freezes the "
+                            "stem and layer1, 0 all of it (default: the preset's or 3 with "
+                            "torchvision weights)")
+    model.add_argument("--steps", type=int, default=None,
+                       help=f"total optimisation steps (default {DEFAULT_STEPS}; with --minutes "
+                            "the budget sets it and --steps caps it)")
+    model.add_argument("--minutes", type=float, default=None,
+                       help="training budget: the schedule is fitted so its decay ends in time")
+    model.add_argument("--batch_size", type=int, default=8)
+    model.add_argument("--lr", type=float, default=None,
+                       help=f"peak learning rate (default {DEFAULT_LR}; fine-tuning's with --init)")
+    model.add_argument("--warmup", type=int, default=None,
+                       help=f"linear warm-up steps (default {DEFAULT_WARMUP}; fine-tuning's with "
+                            "--init)")
+    run = p.add_argument_group("run")
+    run.add_argument("--eval_every", type=int, default=500, help="validation loss every N steps")
+    run.add_argument("--checkpoint_every", type=int, default=500)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    run.add_argument("--stop_after", type=int, default=None,
+                     help="checkpoint and stop once this many steps are done (resume later)")
+    run.add_argument("--no_final_eval", action="store_true", help="skip COCO evaluation")
+    run.add_argument("--devices", type=int, default=None,
+                     help="devices of the data-parallel mesh (default: all visible); "
+                          "--batch_size is global and must divide by it")
+    run.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                     help="compute dtype of convolutions and matmuls (parameters, norms, losses "
+                          "and box geometry stay float32)")
     add_distributed_args(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.image_size is not None and (args.min_size or args.max_size):
+        p.error("give --image_size or --min_size/--max_size, not both")
+    if (args.min_size is None) != (args.max_size is None):
+        p.error("--min_size and --max_size go together")
+    if args.min_size is not None and args.min_size > args.max_size:
+        p.error(f"--min_size {args.min_size} is larger than --max_size {args.max_size}")
+    if (args.train_annotations is None) != (args.train_images is None):
+        p.error("--train_annotations and --train_images go together")
+    if args.val_annotations and not args.train_annotations:
+        p.error("--val_annotations needs --train_annotations")
+    if args.image_size is None and args.min_size is None:
+        args.image_size = 128
+    return args
+
+
+def resize_options(args):
+    """The loader's resize keywords for these arguments."""
+    if args.min_size is not None:
+        return {"min_size": args.min_size, "max_size": args.max_size}
+    return {"image_size": args.image_size}
+
+
+def padded_side(args):
+    return args.max_size if args.min_size is not None else args.image_size
+
+
+def prepare_data(args):
+    """The ``run.json`` data dict, preparing the data; prints what COCO preparation skipped."""
+    if args.train_annotations is None:
+        return {"num_train": args.num_train, "num_val": args.num_val,
+                "image_size": args.image_size or 128, "seed": 0}
+    data, report = coco_splits(args.train_annotations, args.train_images, args.val_annotations,
+                               args.val_images, val_fraction=args.val_fraction,
+                               data_dir=args.data_dir)
+    if jax.process_index() == 0:
+        for split, line in report.items():
+            print(f"{split} data ({data['name']}): {line}")
+    return data
+
+
+def model_config(args, names):
+    """The model's config: the preset, or the architecture of ``--init``."""
+    side = padded_side(args)
+    if args.init is None:
+        config = PRESETS[args.preset](num_classes=len(names), image_size=(side, side))
+    else:
+        from mrcnn_jax.finetune import init_config
+        config = init_config(args.init, num_classes=len(names), image_size=(side, side))
+    if args.trainable_backbone_layers is not None:
+        config = config.replace(backbone=config.backbone.__class__(**{
+            **vars(config.backbone), "trainable_layers": args.trainable_backbone_layers}))
+    return config.replace(dtype=args.dtype)
+
+
+def schedule_defaults(args, config):
+    """Fill ``--lr``, ``--warmup`` and ``--steps``: from scratch as the shapes job, or the
+    fine-tuning defaults with ``--init`` (``finetune.finetune_defaults``)."""
+    if args.init is None:
+        defaults = {"lr": DEFAULT_LR, "warmup": DEFAULT_WARMUP, "steps": DEFAULT_STEPS}
+    else:
+        from mrcnn_jax.finetune import finetune_defaults
+        defaults = finetune_defaults(config)
+    args.lr = defaults["lr"] if args.lr is None else args.lr
+    args.warmup = defaults["warmup"] if args.warmup is None else args.warmup
+    if args.steps is None and args.minutes is None:
+        args.steps = defaults["steps"]
+
+
+def check_resume(workdir, run):
+    """A resumed run must have the same classes (and so the same class layers) as before."""
+    path = pathlib.Path(workdir) / "run.json"
+    if not path.exists():
+        return
+    before = json.loads(path.read_text())
+    if before.get("class_names") != run["class_names"]:
+        raise UserInputError(f"--resume: {workdir} was trained on classes "
+                             f"{before.get('class_names')}, this run has "
+                             f"{run['class_names']}; use a new --workdir")
 
 
 def build(args):
@@ -89,36 +218,56 @@ def build(args):
     """
     mesh = make_mesh(args.devices)
     check_batch_size(args.batch_size, mesh)
-    config = PRESETS[args.preset](image_size=(args.image_size, args.image_size))
-    config = config.replace(dtype=args.dtype)
-    data = {"num_train": args.num_train, "num_val": args.num_val,
-            "image_size": args.image_size, "seed": 0}
-    train_source = shapes_source("train", args.data_dir, **data)
+    try:
+        data = prepare_data(args)
+        train_source, val_source = split_sources(data, args.data_dir)
+        names = class_names(train_source)
+        config = model_config(args, names)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        raise UserInputError(str(error)) from error
+    schedule_defaults(args, config)
+    mask_crop = args.mask_crop if args.mask_crop is not None else (
+        COCO_MASK_CROP if data.get("kind") == "coco" else 0)
     local = args.batch_size // jax.process_count()
-    loader = make_loader(train_source, local, image_size=args.image_size,
+    loader = make_loader(train_source, local, **resize_options(args), mask_size=mask_crop or None,
                          max_instances=args.max_instances, seed=args.seed, num_epochs=None)
-    model = MaskRCNN(config, rngs=nnx.Rngs(args.seed))
-    optimizer = make_optimizer(model, args.lr, warmup_steps=args.warmup, total_steps=args.steps)
+    if args.init is None:
+        model, report = MaskRCNN(config, rngs=nnx.Rngs(args.seed)), None
+    else:
+        from mrcnn_jax.finetune import format_report, init_model
+        try:
+            model, report = init_model(args.init, config, rngs=nnx.Rngs(args.seed))
+        except (FileNotFoundError, ValueError, KeyError) as error:
+            raise UserInputError(str(error)) from error
+        if jax.process_index() == 0:
+            print(format_report(report))
+    optimizer = make_optimizer(model, args.lr, warmup_steps=args.warmup,
+                               total_steps=args.steps if args.minutes is None else None)
     replicate(mesh, model, optimizer)
-    names = class_names(train_source)
     run = {"config": checkpoints.config_to_dict(config), "data": data, "class_names": names,
-           "max_instances": args.max_instances, "args": vars(args)}
+           "max_instances": args.max_instances, "resize": resize_options(args),
+           "mask_crop": mask_crop, "args": vars(args)}
 
     def read(step):
         return loader.dataset[process_batch_index(step, len(train_source), args.batch_size)]
 
+    if jax.process_index() == 0:
+        print(f"data: {len(train_source)} training images, {len(val_source)} held out; "
+              f"classes {names[1:]}")
     return mesh, model, optimizer, read, run, names
 
 
-def validation_loss(model, args, data, mesh=None, batches=4):
+def validation_loss(model, args, run, mesh=None, batches=4):
     """Mean loss terms over ``batches`` validation batches (default mesh: every visible device,
     as the command's)."""
     mesh = make_mesh() if mesh is None else mesh
-    source = shapes_source("validation", args.data_dir, **data)
+    _, source = split_sources(run["data"], args.data_dir)
     local = args.batch_size // jax.process_count()
-    loader = make_loader(source, local, image_size=args.image_size,
-                         max_instances=args.max_instances, train=False)
     totals, count = {}, min(batches, len(source) // args.batch_size)
+    if count == 0:
+        return totals
+    loader = make_loader(source, local, **run["resize"], mask_size=run["mask_crop"] or None,
+                         max_instances=args.max_instances, train=False)
     for i in range(count):
         batch = loader.dataset[process_batch_index(i, len(source), args.batch_size)]
         terms = eval_losses(model, shard_batch(check_batch(batch), mesh), jax.random.key(i))
@@ -144,6 +293,24 @@ def prefetched(read, steps):
             step = following
 
 
+def _rewind_metrics(path, start):
+    """Keep only the rows of steps ``<= start`` (a resumed run redoes the steps after its last
+    checkpoint; without this they would be logged, and drawn, twice)."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= start]
+    path.write_text("".join(line + "\n" for line in rows))
+
+
+def _agree(value):
+    """The same number on every process (process 0's): budget decisions must not diverge."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+    return type(value)(multihost_utils.broadcast_one_to_all(np.asarray(value)))
+
+
 def train(args):
     workdir = pathlib.Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -152,45 +319,72 @@ def train(args):
     mngr = checkpoints.manager(workdir)
     start = 0
     if args.resume and mngr.latest_step() is not None:
+        check_resume(workdir, run)
         start = checkpoints.restore(mngr, model, optimizer)
         replicate(mesh, model, optimizer)
         print(f"resumed from step {start}")
+        if args.minutes is not None:  # the restored length stands until the next fit
+            from mrcnn_jax.schedule import total_steps
+            args.steps = args.steps or total_steps(optimizer)
+    total = args.steps if args.minutes is None else (args.steps or 10**9)
+    began = time.perf_counter()
+    fit = None if args.minutes is None else BudgetFit(args.minutes, began, warmup=args.warmup,
+                                                      at_most=args.steps)
+    run["schedule"] = {"total_steps": None if args.minutes else total, "minutes": args.minutes}
     if lead:
         checkpoints.write_run(workdir, run)
         print(f"mesh: {mesh.devices.size} {jax.devices()[0].platform} device(s) over "
               f"{jax.process_count()} process(es), global batch {args.batch_size}, "
-              f"compute {args.dtype}")
+              f"compute {args.dtype}; lr {args.lr}, warm-up {args.warmup}, "
+              + (f"{total} steps" if fit is None else f"schedule fitted to {args.minutes} min"))
+        _rewind_metrics(workdir / "metrics.jsonl", start)
     base_key = jax.random.key(args.seed)
-    log = open(workdir / "metrics.jsonl", "a" if start else "w") if lead else None  # noqa: SIM115
-    began = time.perf_counter()
-    bar = tqdm(initial=start, total=args.steps, unit="step", disable=not lead)
-    step = start - 1
-    for step, batch in prefetched(read, range(start, args.steps)):
+    log = open(workdir / "metrics.jsonl", "a") if lead else None  # noqa: SIM115
+    bar = tqdm(initial=start, total=None if fit else total, unit="step", disable=not lead)
+    step, truncated = start - 1, 0
+    for step, batch in prefetched(read, itertools.count(start)):
+        if step >= total:
+            break
+        truncated += int(batch["num_truncated"].sum())
         batch = shard_batch(check_batch(batch), mesh)  # a function of (seed, step) only
         t0 = time.perf_counter()
         metrics = {k: float(v) for k, v in train_step(
             model, optimizer, batch, jax.random.fold_in(base_key, step), mesh).items()}
-        metrics.update(step=step + 1, images_per_s=args.batch_size / (time.perf_counter() - t0))
+        now = time.perf_counter()
+        metrics.update(step=step + 1, images_per_s=args.batch_size / (now - t0))
         if not np.isfinite(metrics["loss"]):
             raise FloatingPointError(f"loss became {metrics['loss']} at step {step}: {metrics}")
+        if fit is not None and (fitted := fit.update(step + 1, now)) is not None:
+            total = _agree(int(fitted))
+            set_total_steps(optimizer, total)
+            bar.total = total
+            run["schedule"] = {"total_steps": total, "minutes": args.minutes} | fit.summary()
+            if lead:
+                checkpoints.write_run(workdir, run)
         bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("loss", *LOSS_TERMS)}
                         | {"img/s": f"{metrics['images_per_s']:.1f}"}, refresh=False)
         bar.update(1)
-        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            metrics["val"] = validation_loss(model, args, run["data"], mesh)
+        if (step + 1) % args.eval_every == 0 or step + 1 == total:
+            metrics["val"] = validation_loss(model, args, run, mesh)
         if lead:
             log.write(json.dumps(metrics) + "\n")
             log.flush()
-        out_of_time = bool(args.minutes and time.perf_counter() - began > 60 * args.minutes)
-        out_of_time |= args.stop_after is not None and step + 1 >= args.stop_after
-        if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps or out_of_time:
+        out_of_time = bool(_agree(int(fit is not None and fit.out_of_time(time.perf_counter()))))
+        stop = args.stop_after is not None and step + 1 >= args.stop_after
+        if (step + 1) % args.checkpoint_every == 0 or step + 1 == total or out_of_time or stop:
             checkpoints.save(mngr, step + 1, model, optimizer)
-        if out_of_time:
-            print(f"\nstopping at step {step + 1} (time budget or --stop_after)")
+        if out_of_time or stop:
+            print(f"\nstopping at step {step + 1} of {total} "
+                  f"({'time budget' if out_of_time else '--stop_after'})")
             break
     bar.close()
     if lead:
         log.close()
+        if truncated:
+            share = " (this process's share)" if jax.process_count() > 1 else ""
+            print(f"{truncated} ground-truth instances in training batches{share} were cut by "
+                  f"--max_instances {args.max_instances} (images with more objects); raise it "
+                  "to keep them")
     return model, run, names, step + 1, mesh
 
 
@@ -238,9 +432,9 @@ def final_evaluation(model, args, run, names, workdir, mesh):
     from mrcnn_jax.evaluate import evaluate_sharded, pycocotools_stats
     from mrcnn_jax.evaluation import print_table
 
-    source = shapes_source("validation", args.data_dir, **run["data"])
+    _, source = split_sources(run["data"], args.data_dir)
     results, gt, dets = evaluate_sharded(model, source, names, args.batch_size, mesh,
-                                         image_size=args.image_size,
+                                         image_size=padded_side(args),
                                          max_instances=args.max_instances)
     if jax.process_index() != 0:  # COCO evaluation and pictures on process 0
         return results
@@ -250,7 +444,7 @@ def final_evaluation(model, args, run, names, workdir, mesh):
           f"AP50 {ref['segm']['AP50']:.4f}; box AP {ref['bbox']['AP']:.4f}")
     (workdir / "evaluation.json").write_text(json.dumps({"ours": results, "pycocotools": ref,
                                                          "num_images": len(gt["images"])}))
-    loader = make_loader(source, min(8, len(source)), image_size=args.image_size,
+    loader = make_loader(source, min(8, len(source)), **run["resize"],
                          max_instances=args.max_instances, train=False)
     save_prediction_picture(model, loader, names, workdir / "predictions.png")
     return results
@@ -259,6 +453,14 @@ def final_evaluation(model, args, run, names, workdir, mesh):
 def main(argv=None):
     args = parse_args(argv)
     init_distributed(args)
+    try:
+        return _main(args)
+    except UserInputError as error:  # bad data or weights: one line, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _main(args):
     workdir = pathlib.Path(args.workdir)
     began = time.perf_counter()
     model, run, names, steps, mesh = train(args)

@@ -19,6 +19,7 @@ from flax import nnx
 
 from mrcnn_jax.roi_heads import box_losses, mask_loss
 from mrcnn_jax.rpn import rpn_losses
+from mrcnn_jax.schedule import scale_by_warmup_cosine
 
 LOSS_TERMS = ("rpn_objectness", "rpn_box", "box_classifier", "box_regression", "mask")
 BATCH_KEYS = ("images", "boxes", "labels", "masks", "valid")
@@ -57,19 +58,18 @@ def make_optimizer(model, learning_rate=0.02, momentum=0.9, weight_decay=1e-4,
                    warmup_steps=100, total_steps=None, clip_norm=10.0):
     """SGD with momentum and weight decay (the paper's recipe), linear warm-up, cosine decay.
 
+    The chain is ``clip_by_global_norm -> add_decayed_weights -> trace(momentum)`` (optax's SGD
+    momentum) ``-> scale_by_warmup_cosine`` (``schedule.py``): the learning rate rises from
+    ``0.001 * learning_rate`` over ``warmup_steps``, then falls along half a cosine to 0 at
+    ``total_steps`` (None: it stays at ``learning_rate``). The length lives in the optimizer
+    state, so ``schedule.set_total_steps`` can fit it to a time budget without recompiling.
     Only ``nnx.Param`` variables are optimised; frozen weights are never touched.
     """
-    if total_steps is None and warmup_steps <= 0:  # optax's linear schedule would stay at init
-        schedule = optax.constant_schedule(learning_rate)
-    elif total_steps is None:
-        schedule = optax.linear_schedule(learning_rate * 0.001, learning_rate, warmup_steps)
-    else:
-        schedule = optax.warmup_cosine_decay_schedule(
-            learning_rate * 0.001, learning_rate, warmup_steps, max(total_steps, warmup_steps + 1))
     tx = optax.chain(
         optax.clip_by_global_norm(clip_norm),
         optax.add_decayed_weights(weight_decay),
-        optax.sgd(schedule, momentum=momentum),
+        optax.trace(decay=momentum, nesterov=False),
+        scale_by_warmup_cosine(learning_rate, warmup_steps, total_steps),
     )
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
