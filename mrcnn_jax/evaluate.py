@@ -412,7 +412,9 @@ def main(argv=None):
     out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "detections.json")
     out.write_text(json.dumps(dets))
     print(f"wrote {len(dets)} detections to {out}")
-    if args.check_pycocotools:
+    if args.check_pycocotools and not dets:
+        print("no detections: pycocotools cannot load an empty result list (loadRes fails)")
+    elif args.check_pycocotools:
         ref = pycocotools_stats(gt, dets)
         diff = max(abs(results[t][k] - ref[t][k]) for t in ref for k in STAT_NAMES)
         print(f"largest difference from pycocotools: {diff:.2e}")

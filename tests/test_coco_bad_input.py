@@ -198,3 +198,13 @@ def test_corrupt_and_float_images_are_skipped_not_fatal(tmp_path):
     builder = prepare_coco(path, tmp_path, tmp_path / "prepared", name="corrupt")
     assert dict(builder.skipped["train"]) == {"corrupt_images": 2}
     assert len(coco_source("corrupt", "train", tmp_path / "prepared")) == 1
+
+
+def test_no_usable_annotation_says_why(tmp_path):
+    """A boxes-only export (empty segmentations) would train masks on nothing: an error."""
+    Image.new("RGB", (16, 12)).save(tmp_path / "a.png")
+    path = _write(tmp_path, _one_image(annotations=[_ann(1, 1, segmentation=[])]))
+    with pytest.raises(ValueError, match=r"none of its 1 annotations is usable \(skipped or "
+                       r"fixed: 1 annotations without a usable segmentation: empty \(a "
+                       r"boxes-only export\)"):
+        prepare_coco(path, tmp_path, tmp_path / "prepared", name="boxes_only")

@@ -15,7 +15,8 @@ for COCO evaluation.
 Bad input never crashes later in JAX and is never lost silently. A file that cannot be COCO
 raises a one-line ``ValueError`` (not JSON, not a dict with ``images`` and ``categories``, an
 entry lacking ``id``/``file_name``/``width``/``height``, duplicate category names, one image id
-for two different files); so does a split where no image is usable (with the skip counts).
+for two different files); so does a split where no image, or none of its annotations, is
+usable (with the skip counts: e.g. a boxes-only export, whose segmentations are empty).
 Everything else is skipped or fixed and counted per split in ``builder.skipped`` (a
 ``collections.Counter``; ``SKIP_REASONS`` says what each key means, ``format_skipped`` prints
 it; the counts are saved beside the prepared data and read back when it is reused):
@@ -91,7 +92,8 @@ SKIP_REASONS = {  # builder.skipped keys, in the order format_skipped prints the
     "unknown_category": "annotations with a category_id not in categories (skipped)",
     "bad_bbox": "annotations without a bbox of 4 finite numbers or a segmentation (skipped)",
     "zero_area": "annotations whose box has no area inside the image (skipped)",
-    "bad_segmentation": "annotations whose segmentation covers no pixel (skipped)",
+    "bad_segmentation": "annotations without a usable segmentation: empty (a boxes-only "
+                        "export), undecodable or covering no pixel (skipped)",
     "short_polygons": "polygon parts with < 3 points or non-finite values (dropped)",
     "clipped_boxes": "boxes partly outside the image (clipped, kept)",
     "exif_rotated": "images turned upright by their EXIF orientation (kept, re-encoded)",
@@ -310,6 +312,9 @@ class CocoInstances(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             raise ValueError(f"{annotation_file}: none of its {len(data['images'])} images is "
                              f"usable ({format_skipped(counts)}); the first is expected at "
                              f"{first}")
+        if data["annotations"] and not kept["annotations"]:
+            raise ValueError(f"{annotation_file}: none of its {len(data['annotations'])} "
+                             f"annotations is usable ({format_skipped(counts)})")
         if counts:
             _LOG.warning("%s %s: %s", annotation_file, split, format_skipped(counts, kept))
 
