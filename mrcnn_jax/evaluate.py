@@ -10,9 +10,11 @@ detections and ground truth into COCO dicts, scores them with the project's own
 as a COCO results JSON. ``--check_pycocotools`` also runs pycocotools on the same input and
 reports the largest difference.
 
-Without ``--annotations`` the split is the shapes validation split of the run (``run.json``'s
-``data``), at the model's input size. With ``--annotations B.json --images DIR`` it is any
-COCO-format split, for any work directory (trained here or written by ``import_torchvision``):
+Without ``--annotations`` the split is the run's own validation split (``run.json``'s
+``data``): the shapes validation split at the model's input size, or for a run trained on
+COCO-format data its validation file or held-out fraction, evaluated as below. With
+``--annotations B.json --images DIR`` it is any COCO-format split, for any work directory
+(trained here or written by ``import_torchvision``):
 
 - the split is prepared once with ``prepare_coco`` into ``--data_dir`` under a name made from
   the file's path, size and modification time (reused while the file is unchanged); the skip
@@ -38,11 +40,9 @@ Shape shorthand: ``B`` batch, ``D`` detections, ``G`` ground-truth slots, ``H, W
 import argparse
 import collections
 import contextlib
-import hashlib
 import io
 import json
 import pathlib
-import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -168,13 +168,13 @@ def evaluate_sharded(model, source, class_names, batch_size, mesh, *, image_size
 
 
 def coco_split_name(annotation_file, image_dir):
-    """Prepared-data name of a COCO split: ``eval_<stem>_<hash of path, size, mtime, images>``,
-    so an edited JSON is prepared again and an unchanged one reused."""
-    path = pathlib.Path(annotation_file).resolve()
-    stat = path.stat()
-    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{pathlib.Path(image_dir).resolve()}"
-    stem = re.sub(r"[^a-z0-9]+", "_", path.stem.lower()).strip("_")[:40] or "split"
-    return f"eval_{stem}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    """Prepared-data name of a split to evaluate: ``eval_`` + ``splits.prepared_name`` (the
+    file's stem and a hash of its path, size, modification time and image folder), so an
+    edited JSON is prepared again, an unchanged one reused, and a training file's own prepared
+    data (same hash, no prefix) are never overwritten with another split layout."""
+    from mrcnn_jax.data.splits import prepared_name
+
+    return f"eval_{prepared_name(annotation_file, image_dir)}"
 
 
 def category_map(model_names, categories):
@@ -328,15 +328,20 @@ def pycocotools_stats(ground_truth, detections):
     return results
 
 
+def _class_names(run, model, workdir):
+    names = run.get("class_names")
+    if not names or len(names) != model.config.num_classes:
+        raise ValueError(f"{workdir}/run.json needs 'class_names' (background first) for "
+                         f"the model's {model.config.num_classes} classes; got {names}")
+    return names
+
+
 def _prepare_split(args, run, model):
     """The prepared COCO split of ``--annotations``/``--images``, its JSON and the category map
     (``ValueError``/``FileNotFoundError`` with one line on bad input)."""
     from mrcnn_jax.data.coco import coco_source, format_skipped, load_annotations, prepare_coco
 
-    names = run.get("class_names")
-    if not names or len(names) != model.config.num_classes:
-        raise ValueError(f"{args.workdir}/run.json needs 'class_names' (background first) for "
-                         f"the model's {model.config.num_classes} classes; got {names}")
+    names = _class_names(run, model, args.workdir)
     if not pathlib.Path(args.images).is_dir():
         raise FileNotFoundError(f"--images {args.images} is not a folder")
     data = load_annotations(args.annotations)
@@ -348,6 +353,20 @@ def _prepare_split(args, run, model):
                              builder.kept.get("validation"))
     print(f"{args.annotations}: {summary}")
     return coco_source(name, "validation", args.data_dir), data, label_to_category
+
+
+def _held_out_split(args, run, model):
+    """The validation split of a run trained on COCO-format data (``run.json``'s ``data``
+    of ``splits.coco_splits``): its prepared records, the JSON they came from, the map."""
+    from mrcnn_jax.data.coco import load_annotations
+    from mrcnn_jax.data.splits import split_sources
+
+    names = _class_names(run, model, args.workdir)
+    data = load_annotations(run["data"]["val_annotations"] or run["data"]["train_annotations"])
+    source = split_sources(run["data"], args.data_dir)[1]
+    print(f"evaluating the run's validation split {run['data']['val_split']} of "
+          f"{run['data']['name']}")
+    return source, data, category_map(names, data["categories"])
 
 
 def main(argv=None):
@@ -381,8 +400,11 @@ def main(argv=None):
         if not pathlib.Path(args.workdir, "run.json").is_file():
             raise FileNotFoundError(f"{args.workdir} is not a work directory (no run.json)")
         model, run = restore_model(args.workdir, args.step)
+        coco = args.annotations or run.get("data", {}).get("kind") == "coco"
         if args.annotations:
             source, data, label_to_category = _prepare_split(args, run, model)
+        elif coco:
+            source, data, label_to_category = _held_out_split(args, run, model)
     except (ValueError, FileNotFoundError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     if args.dtype:
@@ -392,7 +414,7 @@ def main(argv=None):
     replicate(mesh, model)
     n = mesh.devices.size
     batch_size = -(-args.batch_size // n) * n  # the split is padded, every image evaluated
-    if args.annotations:
+    if coco:
         batch_size = min(batch_size, -(-len(source) // n) * n)  # no batch larger than needed
         results, gt, dets, dropped = evaluate_coco_split(model, source, data, label_to_category,
                                                          batch_size, mesh)
@@ -405,7 +427,7 @@ def main(argv=None):
     if results is None:  # not process 0
         return
     print_table({t: results[t] for t in ("bbox", "segm")})
-    if args.annotations:
+    if coco:
         print_per_class(results["per_class"])
         if dropped:
             print(f"dropped {dropped} detections of model classes the dataset does not have")

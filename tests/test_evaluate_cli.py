@@ -134,3 +134,32 @@ def test_ground_truth_keeps_what_was_prepared():
     assert [(a["id"], a["area"]) for a in gt["annotations"]] == [(10, 7.0), (11, 5.0)]
     with pytest.raises(ValueError, match="without an 'id'"):
         evaluate.ground_truth_subset(data, {1: [-1]}, {})
+
+
+def test_a_run_trained_on_coco_data_evaluates_its_held_out_split(run, tmp_path, capsys):
+    """No --annotations: the run's own validation split (here the held-out 40% of the file),
+    equal to pycocotools on the file restricted to those images."""
+    import shutil
+
+    from mrcnn_jax.checkpoints import read_run, write_run
+    from mrcnn_jax.data.splits import coco_splits
+
+    workdir = tmp_path / "workdir"
+    shutil.copytree(run["workdir"], workdir)
+    data, _ = coco_splits(run["annotations"], run["root"] / "images", val_fraction=0.4,
+                          data_dir=tmp_path / "data")
+    write_run(workdir, read_run(workdir) | {"data": data})
+    out = tmp_path / "dets.json"
+    results = evaluate.main(["--workdir", str(workdir), "--data_dir", str(tmp_path / "data"),
+                             "--out", str(out), "--batch_size", "2"])
+    dets = json.loads(out.read_text())
+    held_out = sorted({d["image_id"] for d in dets})
+    assert len(held_out) == 2 and "validation split train[60%:]" in capsys.readouterr().out
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(run["annotations"]))
+        ev = COCOeval(gt, gt.loadRes(str(out)), "segm")
+        ev.params.imgIds = held_out
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    np.testing.assert_allclose([results["segm"][k] for k in STAT_NAMES], ev.stats, atol=1e-9)
