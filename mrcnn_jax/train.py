@@ -142,18 +142,20 @@ def parse_args(argv=None):
         p.error("--val_annotations needs --train_annotations")
     if args.image_size is None and args.min_size is None:
         args.image_size = 128
+    if args.init is None:  # from scratch: the shapes job's schedule (with --init: build())
+        schedule_defaults(args, None)
     return args
 
 
 def resize_options(args):
     """The loader's resize keywords for these arguments."""
-    if args.min_size is not None:
+    if getattr(args, "min_size", None) is not None:
         return {"min_size": args.min_size, "max_size": args.max_size}
     return {"image_size": args.image_size}
 
 
 def padded_side(args):
-    return args.max_size if args.min_size is not None else args.image_size
+    return args.max_size if getattr(args, "min_size", None) is not None else args.image_size
 
 
 def prepare_data(args):
@@ -184,14 +186,18 @@ def model_config(args, names):
     return config.replace(dtype=args.dtype)
 
 
-def schedule_defaults(args, config):
+def schedule_defaults(args, config, num_train=None):
     """Fill ``--lr``, ``--warmup`` and ``--steps``: from scratch as the shapes job, or the
-    fine-tuning defaults with ``--init`` (``finetune.finetune_defaults``)."""
+    fine-tuning defaults with ``--init`` (``finetune.finetune_defaults``, printed)."""
     if args.init is None:
         defaults = {"lr": DEFAULT_LR, "warmup": DEFAULT_WARMUP, "steps": DEFAULT_STEPS}
     else:
         from mrcnn_jax.finetune import finetune_defaults
-        defaults = finetune_defaults(config)
+        defaults = finetune_defaults(config, args.batch_size, num_train)
+        if jax.process_index() == 0:
+            for key, given in (("lr", args.lr), ("warmup", args.warmup), ("steps", args.steps)):
+                if given is None and not (key == "steps" and args.minutes is not None):
+                    print(f"fine-tuning default --{key}: {defaults['reasons'][key]}")
     args.lr = defaults["lr"] if args.lr is None else args.lr
     args.warmup = defaults["warmup"] if args.warmup is None else args.warmup
     if args.steps is None and args.minutes is None:
@@ -225,9 +231,10 @@ def build(args):
         config = model_config(args, names)
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise UserInputError(str(error)) from error
-    schedule_defaults(args, config)
-    mask_crop = args.mask_crop if args.mask_crop is not None else (
-        COCO_MASK_CROP if data.get("kind") == "coco" else 0)
+    schedule_defaults(args, config, len(train_source))
+    if args.mask_crop is None:
+        args.mask_crop = COCO_MASK_CROP if data.get("kind") == "coco" else 0
+    mask_crop = args.mask_crop
     local = args.batch_size // jax.process_count()
     loader = make_loader(train_source, local, **resize_options(args), mask_size=mask_crop or None,
                          max_instances=args.max_instances, seed=args.seed, num_epochs=None)
@@ -236,7 +243,8 @@ def build(args):
     else:
         from mrcnn_jax.finetune import format_report, init_model
         try:
-            model, report = init_model(args.init, config, rngs=nnx.Rngs(args.seed))
+            model, report = init_model(args.init, config, rngs=nnx.Rngs(args.seed),
+                                       class_names=names)
         except (FileNotFoundError, ValueError, KeyError) as error:
             raise UserInputError(str(error)) from error
         if jax.process_index() == 0:
@@ -257,16 +265,19 @@ def build(args):
     return mesh, model, optimizer, read, run, names
 
 
-def validation_loss(model, args, run, mesh=None, batches=4):
-    """Mean loss terms over ``batches`` validation batches (default mesh: every visible device,
-    as the command's)."""
+def validation_loss(model, args, data, mesh=None, batches=4):
+    """Mean loss terms over ``batches`` validation batches of the run's ``data`` dict (default
+    mesh: every visible device, as the command's). ``args`` gives the batch size, resize and
+    ground-truth layout (``--image_size`` or ``--min_size/--max_size``, ``--max_instances``,
+    ``--mask_crop``)."""
     mesh = make_mesh() if mesh is None else mesh
-    _, source = split_sources(run["data"], args.data_dir)
+    _, source = split_sources(data, args.data_dir)
     local = args.batch_size // jax.process_count()
     totals, count = {}, min(batches, len(source) // args.batch_size)
     if count == 0:
         return totals
-    loader = make_loader(source, local, **run["resize"], mask_size=run["mask_crop"] or None,
+    loader = make_loader(source, local, **resize_options(args),
+                         mask_size=getattr(args, "mask_crop", None) or None,
                          max_instances=args.max_instances, train=False)
     for i in range(count):
         batch = loader.dataset[process_batch_index(i, len(source), args.batch_size)]
@@ -341,10 +352,11 @@ def train(args):
     base_key = jax.random.key(args.seed)
     log = open(workdir / "metrics.jsonl", "a") if lead else None  # noqa: SIM115
     bar = tqdm(initial=start, total=None if fit else total, unit="step", disable=not lead)
-    step, truncated = start - 1, 0
+    done, truncated = start, 0
     for step, batch in prefetched(read, itertools.count(start)):
         if step >= total:
             break
+        done = step + 1
         truncated += int(batch["num_truncated"].sum())
         batch = shard_batch(check_batch(batch), mesh)  # a function of (seed, step) only
         t0 = time.perf_counter()
@@ -365,7 +377,7 @@ def train(args):
                         | {"img/s": f"{metrics['images_per_s']:.1f}"}, refresh=False)
         bar.update(1)
         if (step + 1) % args.eval_every == 0 or step + 1 == total:
-            metrics["val"] = validation_loss(model, args, run, mesh)
+            metrics["val"] = validation_loss(model, args, run["data"], mesh)
         if lead:
             log.write(json.dumps(metrics) + "\n")
             log.flush()
@@ -385,7 +397,7 @@ def train(args):
             print(f"{truncated} ground-truth instances in training batches{share} were cut by "
                   f"--max_instances {args.max_instances} (images with more objects); raise it "
                   "to keep them")
-    return model, run, names, step + 1, mesh
+    return model, run, names, done, mesh
 
 
 def plot_loss_curve(workdir):

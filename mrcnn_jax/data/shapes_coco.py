@@ -82,8 +82,12 @@ def shapes_image(split, index, *, image_size=128, max_objects=6, seed=0, vary=Fa
     return _varied(draw_shapes(rng, side, max_objects), rng, min_visible)
 
 
-def coco_annotations(drawn, image_id, first_annotation_id):
-    """The COCO ``annotations`` entries of one drawn image."""
+ROUND_OR_ANGULAR = {"square": "angular", "circle": "round", "triangle": "angular"}
+
+
+def coco_annotations(drawn, image_id, first_annotation_id, category_of=None):
+    """The COCO ``annotations`` entries of one drawn image; ``category_of[k]`` is the category
+    id of native label ``k`` (default ``k + 1``)."""
     entries = []
     for k, (mask, box, label) in enumerate(
             zip(drawn["masks"], drawn["boxes"], drawn["labels"], strict=True)):
@@ -91,7 +95,8 @@ def coco_annotations(drawn, image_id, first_annotation_id):
         x1, y1, x2, y2 = (float(v) for v in box)
         entries.append({
             "id": first_annotation_id + k, "image_id": image_id,
-            "category_id": int(label) + 1, "iscrowd": 0, "area": int(mask.sum()),
+            "category_id": int(label) + 1 if category_of is None else category_of[int(label)],
+            "iscrowd": 0, "area": int(mask.sum()),
             "bbox": [x1, y1, x2 - x1, y2 - y1],
             "segmentation": polygons if polygons else _rle(mask),
         })
@@ -99,16 +104,21 @@ def coco_annotations(drawn, image_id, first_annotation_id):
 
 
 def write_shapes_coco(out_dir, split="train", count=100, *, image_size=128, max_objects=6,
-                      seed=0, vary=False):
+                      seed=0, vary=False, classes=None):
     """Write ``out_dir/<split>/NNNNNN.png`` and ``out_dir/<split>.json``; returns the JSON path.
 
     Image ids are ``1..count`` (image ``i`` has id ``i + 1``); nothing is written again if the
-    JSON already exists with the same settings.
+    JSON already exists with the same settings. ``classes`` renames or merges the categories,
+    ``{native name: new name}`` (e.g. ``ROUND_OR_ANGULAR``: a two-class dataset of the same
+    pictures, for fine-tuning a shapes model onto other classes); new ids ``1..`` in order of
+    first appearance.
     """
     out_dir = pathlib.Path(out_dir)
     annotation_file = out_dir / f"{split}.json"
     settings = {"split": split, "count": count, "image_size": image_size,
-                "max_objects": max_objects, "seed": seed, "vary": vary}
+                "max_objects": max_objects, "seed": seed, "vary": vary, "classes": classes}
+    names = list(dict.fromkeys(classes[n] for n in CLASS_NAMES)) if classes else list(CLASS_NAMES)
+    category_of = [names.index(classes[n]) + 1 for n in CLASS_NAMES] if classes else None
     if annotation_file.exists():
         if json.loads(annotation_file.read_text()).get("info", {}).get("settings") == settings:
             return annotation_file
@@ -122,10 +132,10 @@ def write_shapes_coco(out_dir, split="train", count=100, *, image_size=128, max_
         Image.fromarray(drawn["image"]).save(image_dir / name)
         height, width = drawn["image"].shape[:2]
         images.append({"id": i + 1, "file_name": name, "width": width, "height": height})
-        annotations += coco_annotations(drawn, i + 1, len(annotations) + 1)
+        annotations += coco_annotations(drawn, i + 1, len(annotations) + 1, category_of)
     coco = {"info": {"description": "mrcnn_jax synthetic shapes", "settings": settings},
             "images": images, "annotations": annotations,
             "categories": [{"id": k + 1, "name": name, "supercategory": "shape"}
-                           for k, name in enumerate(CLASS_NAMES)]}
+                           for k, name in enumerate(names)]}
     annotation_file.write_text(json.dumps(coco))
     return annotation_file
