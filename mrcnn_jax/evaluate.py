@@ -289,12 +289,13 @@ def evaluate_coco_split(model, source, data, label_to_category, batch_size, mesh
             kept[image_id] = batch["ann_ids"][i]
             areas.update({(image_id, a): m for a, m in zip(batch["ann_ids"][i],
                                                            batch["mask_areas"][i], strict=True)})
-            det = to_original({k: v[i] for k, v in outs.items()}, batch["scales"][i],
-                              batch["orig_sizes"][i], model.config.roi_heads.paste_rule)
-            mine = det["valid"] & np.isin(det["labels"], known)  # (D,)
-            dropped += int((det["valid"] & ~mine).sum())
+            out = {k: v[i] for k, v in outs.items()}
+            mine = out["valid"] & np.isin(out["labels"], known)  # (D,)
+            dropped += int((out["valid"] & ~mine).sum())
+            det = to_original(out, batch["scales"][i], batch["orig_sizes"][i], mine,
+                              model.config.roi_heads.paste_rule)
             detections += detections_to_coco(image_id, det["boxes"], det["scores"],
-                                             det["labels"], det["masks"], mine,
+                                             det["labels"], det["masks"],
                                              label_to_category_id=label_to_category)
     if jax.process_index() != 0:
         return None, None, None, None

@@ -10,15 +10,17 @@ the scale of ``fit_image``) and padded bottom/right, run through the jitted netw
 detections are mapped back to the original pixels: boxes divided by the scale and clipped to
 the image, mask probabilities pasted at the original size (as torchvision's postprocess does).
 
-``--out`` (default ``workdir/predictions``) receives, per image, ``<stem>_pred.png`` with the
-masks, boxes, class names and scores of the detections with score >= ``--min_score`` drawn on
-the original image; and for all images ``detections.json`` (COCO results: ``image_id``,
-``category_id`` = the model's label 1..K-1, ``bbox`` [x, y, w, h] and ``segmentation`` RLE in
-original pixels, ``score``) beside ``images.json`` (COCO ``images``: ``id``, ``file_name``,
-``width``, ``height``, and ``categories``: the model's class names), which maps each file to
-its ``image_id``. A file that cannot be read is reported, skipped and counted at the end; the
-others are still processed. Mistakes in the command (no work directory, a path that does not
-exist, no images found) print one line to stderr and exit with status 2.
+``--out`` (default ``workdir/predictions``) receives, per image, ``<stem>_pred.png`` (a repeated
+stem gets ``_<image_id>`` added) with the masks, boxes, class names and scores of the
+detections with score >= ``--min_score`` drawn on the original image; and for all images
+``detections.json`` (COCO results of those detections: ``image_id``, ``category_id`` = the
+model's label 1..K-1, ``bbox`` [x, y, w, h] and ``segmentation`` RLE in original pixels,
+``score``) beside ``images.json`` (COCO ``images``: ``id``, ``file_name``, ``width``,
+``height``; and ``categories``: the model's class names), which maps each file to its
+``image_id`` (1, 2, ... in the order read). A file that cannot be read is reported, skipped and
+counted at the end; the others are still processed (exit status 0 if any image was read).
+Mistakes in the command (no work directory, a path that does not exist, no images found, no
+file readable) print one line to stderr and exit with status 2.
 
 Shape shorthand: ``D`` detections, ``H, W`` model input size, ``h, w`` original image size.
 Taught in notebooks/10_inference_and_evaluation.
@@ -108,19 +110,35 @@ detect = nnx.jit(predict_raw)  # boxes, scores, labels, valid, mask_probs (B, D,
 _paste = jax.jit(paste_masks, static_argnums=(2, 3))
 
 
-def to_original(out, scale, orig_size, paste_rule="torchvision"):
-    """One image's ``detect`` outputs (each ``(D, ...)``) in original image pixels.
+def to_original(out, scale, orig_size, keep, paste_rule="torchvision", chunk=8):
+    """The ``keep`` detections of one image's ``detect`` outputs in original image pixels.
 
-    Boxes ``(D, 4)`` are divided by ``scale (sy, sx)`` and clipped to ``orig_size (h, w)``;
-    ``masks (D, h, w)`` are the mask probabilities pasted at that size into those boxes.
+    Args:
+      out: ``boxes (D, 4)``, ``scores``, ``labels``, ``mask_probs (D, M, M)`` of one image.
+      scale: ``(sy, sx)`` of ``fit_image``; orig_size: ``(h, w)``.
+      keep: ``(D,)`` bool, the detections wanted (e.g. valid and score >= a threshold).
+      chunk: masks pasted per call (padded to it: one compilation per image size, and at
+        most ``chunk`` float ``(h, w)`` planes in memory at a time).
+    Returns ``boxes (K, 4)`` divided by the scale and clipped to the image, ``scores (K,)``,
+    ``labels (K,)`` and ``masks (K, h, w)`` bool: the probabilities pasted at the original size
+    into those boxes (as torchvision's postprocess does), above 0.5.
     """
     sy, sx = (float(v) for v in scale)
     h, w = (int(v) for v in orig_size)
-    boxes = np.asarray(out["boxes"], np.float32) / np.array([sx, sy, sx, sy], np.float32)
-    boxes = np.clip(boxes, 0, np.array([w, h, w, h], np.float32))  # (D, 4)
-    masks = np.asarray(_paste(out["mask_probs"], boxes, (h, w), paste_rule))  # (D, h, w)
-    return {"boxes": boxes, "scores": np.asarray(out["scores"]), "masks": masks,
-            "labels": np.asarray(out["labels"]), "valid": np.asarray(out["valid"])}
+    index = np.flatnonzero(np.asarray(keep, bool))  # (K,)
+    boxes = np.asarray(out["boxes"], np.float32)[index] / np.array([sx, sy, sx, sy], np.float32)
+    boxes = np.clip(boxes, 0, np.array([w, h, w, h], np.float32))  # (K, 4)
+    probs = np.asarray(out["mask_probs"], np.float32)[index]  # (K, M, M)
+    masks = np.zeros((len(index), h, w), bool)
+    for start in range(0, len(index), chunk):
+        part = slice(start, start + chunk)
+        n = len(probs[part])
+        pad = ((0, chunk - n), (0, 0), (0, 0))
+        pasted = _paste(np.pad(probs[part], pad), np.pad(boxes[part], pad[:2]), (h, w),
+                        paste_rule)  # (chunk, h, w)
+        masks[part] = np.asarray(pasted[:n]) > 0.5
+    return {"boxes": boxes, "scores": np.asarray(out["scores"])[index], "masks": masks,
+            "labels": np.asarray(out["labels"])[index]}
 
 
 def detect_batch(model, canvases, mesh):
@@ -138,20 +156,18 @@ def detect_batch(model, canvases, mesh):
     return multihost_utils.process_allgather(detect(model, images), tiled=True)
 
 
-def draw(image, det, names, min_score, path):
-    """Save ``image (h, w, 3)`` with the detections ``det`` (original pixels) drawn."""
-    from mrcnn_jax.plotting import draw_boxes, overlay_masks, show_image, subplots
-
-    keep = det["valid"] & (det["scores"] >= min_score)
-    fig, (ax,) = subplots(1, size=5.0)
-    show_image(ax, overlay_masks(image, det["masks"][keep] > 0.5, det["labels"][keep]),
-               f"{int(keep.sum())} detections")
-    draw_boxes(ax, det["boxes"][keep], det["labels"][keep], det["scores"][keep],
-               class_names=names)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def draw(image, det, names, path):
+    """Save ``image (h, w, 3)`` with the detections ``det`` (``to_original``) drawn."""
     import matplotlib.pyplot as plt
 
+    from mrcnn_jax.plotting import draw_boxes, overlay_masks, show_image, subplots
+
+    fig, (ax,) = subplots(1, size=5.0)
+    show_image(ax, overlay_masks(image, det["masks"], det["labels"]),
+               f"{len(det['scores'])} detections")
+    draw_boxes(ax, det["boxes"], det["labels"], det["scores"], class_names=names)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -159,7 +175,7 @@ def predict_files(model, files, names, out_dir, min_score, mesh):
     """Detect, draw and collect COCO results for ``files``; returns ``(images, detections,
     unreadable)`` with ``unreadable`` a list of ``(path, reason)``."""
     n = mesh.devices.size
-    images, detections, unreadable = [], [], []
+    images, detections, unreadable, used = [], [], [], set()
     pending = []  # (path, pixels) read and not yet run
     for k, path in enumerate(files):
         try:
@@ -173,16 +189,19 @@ def predict_files(model, files, names, out_dir, min_score, mesh):
         canvases = np.stack([c for c, _ in fitted] + [fitted[-1][0]] * (n - len(fitted)))
         outs = jax.tree.map(np.asarray, detect_batch(model, canvases, mesh))
         for i, ((path, pixels), (_, scale)) in enumerate(zip(pending, fitted, strict=True)):
-            det = to_original({k2: v[i] for k2, v in outs.items()}, scale, pixels.shape[:2],
+            out = {k2: v[i] for k2, v in outs.items()}
+            keep = out["valid"] & (out["scores"] >= min_score)  # (D,)
+            det = to_original(out, scale, pixels.shape[:2], keep,
                               model.config.roi_heads.paste_rule)
             image_id = len(images) + 1
             images.append({"id": image_id, "file_name": str(path),
                            "height": pixels.shape[0], "width": pixels.shape[1]})
-            keep = det["valid"] & (det["scores"] >= min_score)
             detections += detections_to_coco(image_id, det["boxes"], det["scores"],
-                                             det["labels"], det["masks"], keep)
-            target = out_dir / f"{path.stem}_pred.png"
-            draw(pixels, det, names, min_score, target)
+                                             det["labels"], det["masks"])
+            stem = path.stem if path.stem not in used else f"{path.stem}_{image_id}"
+            used.add(stem)  # two files of one stem (a.png, a.jpg) get two pictures
+            target = out_dir / f"{stem}_pred.png"
+            draw(pixels, det, names, target)
             print(f"{path}: {int(keep.sum())} detections -> {target}")
         pending = []
     return images, detections, unreadable

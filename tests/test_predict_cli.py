@@ -25,10 +25,17 @@ def run(tmp_path_factory):
     Image.new("RGB", (32, 32)).save(folder / "sub" / "not_recursed.png")
     extra = root / "extra.PNG"
     Image.open(folder / "img_0.png").save(extra)  # a file named on its own, upper-case suffix
+    more = root / "more"  # img_0 again as a phone would store it: turned, with an EXIF tag
+    more.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    turned = np.rot90(np.asarray(Image.open(folder / "img_0.png")))  # counter-clockwise
+    Image.fromarray(turned).save(more / "img_0.jpg", exif=exif.tobytes(), quality=98)
     out = root / "out"
     return {"root": root, "annotations": json.loads(annotations.read_text()),
             "workdir": workdir, "folder": folder, "extra": extra, "out": out,
-            "argv": [str(folder), str(extra), "--workdir", str(workdir), "--out", str(out)]}
+            "argv": [str(folder), str(extra), str(more), "--workdir", str(workdir), "--out",
+                     str(out)]}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +52,8 @@ def predicted(run):
 def test_folder_and_file_give_pictures_and_coco_results(run, predicted):
     listed = json.loads((run["out"] / "images.json").read_text())
     names = [img["file_name"] for img in listed["images"]]
-    expected = [str(run["folder"] / f"img_{k}.png") for k in range(5)] + [str(run["extra"])]
+    expected = [str(run["folder"] / f"img_{k}.png") for k in range(5)] + [
+        str(run["extra"]), str(run["root"] / "more" / "img_0.jpg")]
     assert names == expected  # broken.jpg skipped; notes.txt and sub/ not picked up
     assert [c["name"] for c in listed["categories"]] == ["square", "circle", "triangle"]
     sizes = {img["file_name"]: (img["width"], img["height"]) for img in listed["images"]}
@@ -53,6 +61,7 @@ def test_folder_and_file_give_pictures_and_coco_results(run, predicted):
     for k in range(5):
         assert (run["out"] / f"img_{k}_pred.png").is_file()
     assert (run["out"] / "extra_pred.png").is_file()
+    assert (run["out"] / "img_0_7_pred.png").is_file()  # a second img_0
     dets = json.loads((run["out"] / "detections.json").read_text())
     assert dets == predicted["detections"] and all(d["score"] >= 0.5 for d in dets)
     by_id = {img["id"]: img for img in listed["images"]}
@@ -76,11 +85,23 @@ def test_detections_are_in_original_pixels(run, predicted):
         assert np.max(ious) > 0.7, ann
 
 
+def test_exif_rotated_photo_is_seen_upright(run, predicted):
+    """The turned JPEG with its EXIF tag gives img_0's size and detections (JPEG aside)."""
+    listed = json.loads((run["out"] / "images.json").read_text())["images"]
+    assert (listed[6]["width"], listed[6]["height"]) == (listed[0]["width"], listed[0]["height"])
+    first = [d for d in predicted["detections"] if d["image_id"] == 1]
+    turned = [d for d in predicted["detections"] if d["image_id"] == 7]
+    assert len(first) == len(turned) > 0
+    for d in first:
+        same = [t for t in turned if t["category_id"] == d["category_id"]]
+        assert np.max(mask_utils.iou([t["bbox"] for t in same], [d["bbox"]], [0])) > 0.9
+
+
 def test_unreadable_file_is_reported_and_counted(run, predicted):
     assert "skipping " in predicted["errors"] and "broken.jpg" in predicted["errors"]
-    assert "1 of 7 files could not be read and were skipped" in predicted["errors"]
+    assert "1 of 8 files could not be read and were skipped" in predicted["errors"]
     assert [str(p) for p, _ in predicted["unreadable"]] == [str(run["folder"] / "broken.jpg")]
-    assert "6 images, " in predicted["printed"]
+    assert "7 images, " in predicted["printed"]
 
 
 @pytest.mark.parametrize("case, message", [
