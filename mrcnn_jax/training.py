@@ -12,6 +12,8 @@ Shape shorthand and batch keys: see ``model.py``.
 Taught in notebooks/08_losses_and_train_step.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -64,14 +66,26 @@ def make_optimizer(model, learning_rate=0.02, momentum=0.9, weight_decay=1e-4,
     ``total_steps`` (None: it stays at ``learning_rate``). The length lives in the optimizer
     state, so ``schedule.set_total_steps`` can fit it to a time budget without recompiling.
     Only ``nnx.Param`` variables are optimised; frozen weights are never touched.
+
+    The transformation is built once per set of hyperparameters and reused: ``nnx.jit`` keys
+    its cache on it, so a second optimizer with the same settings (a resumed run in the same
+    process, a notebook's second run) reuses the compiled step instead of compiling it again.
     """
-    tx = optax.chain(
+    tx = _transformation(float(learning_rate), float(momentum), float(weight_decay),
+                         int(warmup_steps), None if total_steps is None else int(total_steps),
+                         float(clip_norm))
+    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+@functools.lru_cache(maxsize=64)
+def _transformation(learning_rate, momentum, weight_decay, warmup_steps, total_steps,
+                    clip_norm):
+    return optax.chain(
         optax.clip_by_global_norm(clip_norm),
         optax.add_decayed_weights(weight_decay),
         optax.trace(decay=momentum, nesterov=False),
         scale_by_warmup_cosine(learning_rate, warmup_steps, total_steps),
     )
-    return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
 def apply_step(model, optimizer, batch, key, with_grads=False):
