@@ -15,7 +15,7 @@ from coco_toy import CATEGORIES, trained_workdir, write_dataset
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from mrcnn_jax import evaluate
+from mrcnn_jax import evaluate, evaluate_coco
 from mrcnn_jax.evaluation import STAT_NAMES
 from mrcnn_jax.import_torchvision import COCO_CATEGORY_NAMES
 
@@ -112,16 +112,16 @@ def test_user_errors_exit_2(tmp_path, capsys):
 
 def test_a_superset_model_maps_by_name():
     categories = [{"id": 1, "name": "dog"}, {"id": 7, "name": "person"}]
-    assert evaluate.category_map(COCO_CATEGORY_NAMES, categories) == {18: 1, 1: 7}
+    assert evaluate_coco.category_map(COCO_CATEGORY_NAMES, categories) == {18: 1, 1: 7}
 
 
 def test_split_name_follows_the_file(tmp_path):
     path = tmp_path / "val.json"
     path.write_text("{}")
-    first = evaluate.coco_split_name(path, tmp_path)
-    assert first == evaluate.coco_split_name(path, tmp_path) and first.startswith("eval_val_")
+    first = evaluate_coco.coco_split_name(path, tmp_path)
+    assert first == evaluate_coco.coco_split_name(path, tmp_path) and first.startswith("eval_val_")
     path.write_text("{ }")
-    assert evaluate.coco_split_name(path, tmp_path) != first
+    assert evaluate_coco.coco_split_name(path, tmp_path) != first
 
 
 def test_ground_truth_keeps_what_was_prepared():
@@ -129,11 +129,11 @@ def test_ground_truth_keeps_what_was_prepared():
             "annotations": [{"id": 10, "image_id": 1, "category_id": 3},
                             {"id": 11, "image_id": 1, "category_id": 3, "area": 5.0},
                             {"id": 12, "image_id": 2, "category_id": 3}]}
-    gt = evaluate.ground_truth_subset(data, {1: [10, 11]}, {(1, 10): 7.0, (1, 11): 6.0})
+    gt = evaluate_coco.ground_truth_subset(data, {1: [10, 11]}, {(1, 10): 7.0, (1, 11): 6.0})
     assert [img["id"] for img in gt["images"]] == [1]
     assert [(a["id"], a["area"]) for a in gt["annotations"]] == [(10, 7.0), (11, 5.0)]
     with pytest.raises(ValueError, match="without an 'id'"):
-        evaluate.ground_truth_subset(data, {1: [-1]}, {})
+        evaluate_coco.ground_truth_subset(data, {1: [-1]}, {})
 
 
 def test_a_run_trained_on_coco_data_evaluates_its_held_out_split(run, tmp_path, capsys):
