@@ -10,8 +10,10 @@ No TensorFlow: builders write ArrayRecord, ``tfds.data_source`` reads records as
 
 Modules: ``examples`` (the shared record layout, ``parse_example``, label 0 = background),
 ``shapes`` (``draw_shapes``, ``prepare_shapes``, ``shapes_source``), ``coco``
-(``prepare_coco``, ``coco_source``, ``lvis_source``), ``transforms`` (resize, flip, mask crops,
-padding), ``pipeline`` (``make_loader``, batch keys and shapes).
+(``prepare_coco``, ``coco_source``, ``lvis_source``), ``coco_checks`` (``load_annotations``,
+``SKIP_REASONS``, ``format_skipped``: bad COCO-format input), ``images`` (any image file as
+8-bit RGB, EXIF orientation applied), ``transforms`` (resize, flip, mask crops, padding),
+``pipeline`` (``make_loader``, batch keys and shapes).
 Taught in notebooks/00_data.
 """
 
