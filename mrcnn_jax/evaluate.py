@@ -281,8 +281,9 @@ def main(argv=None):
     batch_size = -(-args.batch_size // n) * n  # the split is padded, every image evaluated
     if coco:
         batch_size = min(batch_size, -(-len(source) // n) * n)  # no batch larger than needed
-        results, gt, dets, dropped = evaluate_coco_split(model, source, data, label_to_category,
-                                                         batch_size, mesh)
+        results, gt, dets, dropped = evaluate_coco_split(
+            model, source, data, label_to_category, batch_size, mesh,
+            min_size=run.get("resize", {}).get("min_size"))
     else:
         source = shapes_source("validation", args.data_dir,
                                **run["data"] | {"num_val": args.num_val})

@@ -44,20 +44,39 @@ def category_map(model_names, categories):
     return {labels[str(c["name"])]: int(c["id"]) for c in categories}
 
 
-def fitted_batches(source, batch_size, image_size):
-    """Every record of ``source`` once, in order, fitted into ``image_size (H, W)``.
+def _resized(image, image_size, min_size):
+    """``image`` resized as training resized it, on a zero ``image_size`` canvas, and its scale:
+    fitted into ``image_size`` (``predict.fit_image``), or with ``min_size`` the torchvision
+    rule of ``transforms.resized_size`` with ``max_size = image_size[0]``."""
+    from PIL import Image
+
+    from mrcnn_jax.data.transforms import resized_size
+    from mrcnn_jax.predict import fit_image
+
+    if min_size is None:
+        return fit_image(image, image_size)
+    height, width = image.shape[:2]
+    new_h, new_w = resized_size(height, width, min_size, image_size[0])
+    canvas = np.zeros((*image_size, 3), np.uint8)
+    canvas[:new_h, :new_w] = (image if (new_h, new_w) == (height, width) else np.asarray(
+        Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR)))
+    return canvas, np.array([new_h / height, new_w / width], np.float32)
+
+
+def fitted_batches(source, batch_size, image_size, min_size=None):
+    """Every record of ``source`` once, in order, fitted into ``image_size (H, W)`` (or, with
+    ``min_size``, resized by torchvision's rule with ``max_size = H``, as ``train --min_size
+    --max_size`` trained it).
 
     Yields ``images (B, H, W, 3)``, ``scales (B, 2)`` (sy, sx), ``orig_sizes (B, 2)`` (h, w),
     ``image_ids``, ``ann_ids`` and ``mask_areas`` (per image, its stored annotations) and
     ``image_valid (B,)``: the last batch is filled up with copies of the last record.
     """
-    from mrcnn_jax.predict import fit_image
-
     n = len(source)
     for start in range(0, n, batch_size):
         rows = [source[min(i, n - 1)] for i in range(start, start + batch_size)]
         pixels = [np.asarray(r["image"]) for r in rows]  # each (h, w, 3)
-        fitted = [fit_image(p, image_size) for p in pixels]
+        fitted = [_resized(p, image_size, min_size) for p in pixels]
         yield {"images": np.stack([c for c, _ in fitted]),  # (B, H, W, 3)
                "scales": np.stack([sc for _, sc in fitted]),  # (B, 2)
                "orig_sizes": np.array([p.shape[:2] for p in pixels]),  # (B, 2)
@@ -115,13 +134,14 @@ def print_per_class(table):
 
 
 def evaluate_coco_split(model, source, data, label_to_category, batch_size, mesh,
-                        progress=True):
+                        progress=True, min_size=None):
     """COCO metrics of ``model`` on a prepared COCO-format split, in original image pixels.
 
     Args:
       source: ``coco_source`` of the split; ``data``: its COCO JSON dict (ground truth).
       label_to_category: ``category_map`` (model label -> dataset category id).
       batch_size: a multiple of the mesh's devices; the last batch is padded.
+      min_size: the run's ``--min_size`` (``run.json`` ``resize``), if it trained with one.
     Returns ``(results, ground_truth, detections, dropped)`` on process 0 (``None`` x 4
     elsewhere); ``results["per_class"]`` is :func:`per_class_ap`; ``dropped`` counts
     detections of model classes that are not dataset categories.
@@ -134,7 +154,7 @@ def evaluate_coco_split(model, source, data, label_to_category, batch_size, mesh
     check_batch_size(batch_size, mesh)
     kept, areas, detections, dropped = {}, {}, [], 0
     known = np.array(sorted(label_to_category))
-    batches = fitted_batches(source, batch_size, model.config.image_size)
+    batches = fitted_batches(source, batch_size, model.config.image_size, min_size)
     for batch in tqdm(batches, total=-(-len(source) // batch_size), desc="evaluate",
                       unit="batch", disable=not progress or jax.process_index() != 0):
         outs = jax.tree.map(np.asarray, detect_batch(model, batch["images"], mesh))

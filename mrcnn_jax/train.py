@@ -441,19 +441,38 @@ def save_prediction_picture(model, loader, names, path, count=8):
 
 
 def final_evaluation(model, args, run, names, workdir, mesh):
+    """COCO box and mask AP on the held-out split (process 0 prints and writes them): the shapes
+    data in the model's pixels, COCO-format data in each image's own pixels and category ids
+    (``evaluate_coco``, as ``python -m mrcnn_jax.evaluate`` does)."""
     from mrcnn_jax.evaluate import evaluate_sharded, pycocotools_stats
     from mrcnn_jax.evaluation import print_table
 
     _, source = split_sources(run["data"], args.data_dir)
-    results, gt, dets = evaluate_sharded(model, source, names, args.batch_size, mesh,
-                                         image_size=padded_side(args),
-                                         max_instances=args.max_instances)
+    if run["data"].get("kind") == "coco":
+        from mrcnn_jax.data.coco import load_annotations
+        from mrcnn_jax.evaluate_coco import category_map, evaluate_coco_split, print_per_class
+
+        data = run["data"]
+        coco = load_annotations(data["val_annotations"] or data["train_annotations"])
+        results, gt, dets, _ = evaluate_coco_split(
+            model, source, coco, category_map(names, coco["categories"]), args.batch_size, mesh,
+            min_size=args.min_size)
+    else:
+        results, gt, dets = evaluate_sharded(model, source, names, args.batch_size, mesh,
+                                             image_size=padded_side(args),
+                                             max_instances=args.max_instances)
     if jax.process_index() != 0:  # COCO evaluation and pictures on process 0
         return results
-    print_table(results)
-    ref = pycocotools_stats(gt, dets)
-    print(f"pycocotools on the same detections: mask AP {ref['segm']['AP']:.4f}, "
-          f"AP50 {ref['segm']['AP50']:.4f}; box AP {ref['bbox']['AP']:.4f}")
+    print_table({t: results[t] for t in ("bbox", "segm")})
+    if "per_class" in results:
+        print_per_class(results["per_class"])
+    if dets:
+        ref = pycocotools_stats(gt, dets)
+        print(f"pycocotools on the same detections: mask AP {ref['segm']['AP']:.4f}, "
+              f"AP50 {ref['segm']['AP50']:.4f}; box AP {ref['bbox']['AP']:.4f}")
+    else:
+        ref = None
+        print("no detections (pycocotools cannot load an empty result list)")
     (workdir / "evaluation.json").write_text(json.dumps({"ours": results, "pycocotools": ref,
                                                          "num_images": len(gt["images"])}))
     loader = make_loader(source, min(8, len(source)), **run["resize"],
