@@ -330,6 +330,52 @@ print("content sizes", coco_batch["image_sizes"].tolist(), "scales", coco_batch[
 #
 # ## Exercises
 #
+# ### Core exercise
+#
+# Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
+# example, random inputs against the package, and named edge cases. The check prints "correct",
+# or "not attempted" while your function raises `NotImplementedError`, or raises an
+# `AssertionError` that names the case, the inputs, expected and got, the largest error and, for
+# a common mistake, a hint. Your function takes the same arguments as the package's, so any
+# correct version passes.
+#
+# **Core exercise A: fixed shapes.** Write `your_pad_example(example, size, max_instances,
+# full_masks=True)`, the last step of the pipeline (`mrcnn_jax.data.transforms.pad_example`): from
+# a parsed example (`image (H, W, 3)`, `boxes (N, 4)`, `labels (N,)`, `masks`) return a dict with
+# `image (size, size, 3)` uint8 (the image at the top-left corner, zeros elsewhere), `boxes (G,
+# 4)`, `labels (G,)` and `masks` padded to `G = max_instances` slots with zeros, `valid (G,)`, and
+# `num_truncated`, the number of objects that did not fit (keep the first `G`). Full masks `(N, H,
+# W)` are padded like the image; crops `(N, M, M)` (`full_masks=False`) keep their size.
+
+# %%
+from mrcnn_jax.course import check_pad_example
+
+
+def your_pad_example(example, size, max_instances, full_masks=True):
+    # BEGIN SOLUTION
+    height, width = example["image"].shape[:2]
+    image = np.zeros((size, size, 3), np.uint8)
+    image[:height, :width] = example["image"]  # bottom and right padding: boxes do not move
+    count = len(example["labels"])
+    keep = min(count, max_instances)  # the first G objects, in stored order
+    masks_in = example["masks"][:keep]
+    mask_shape = (size, size) if full_masks else example["masks"].shape[1:]
+    masks = np.zeros((max_instances, *mask_shape), np.uint8)  # (G, S, S) or (G, M, M)
+    masks[:keep, : masks_in.shape[1], : masks_in.shape[2]] = masks_in
+    boxes = np.zeros((max_instances, 4), np.float32)
+    boxes[:keep] = example["boxes"][:keep]
+    labels = np.zeros(max_instances, np.int32)  # padded slots: label 0, background
+    labels[:keep] = example["labels"][:keep]
+    return {"image": image, "boxes": boxes, "labels": labels, "masks": masks,
+            "valid": np.arange(max_instances) < keep, "num_truncated": count - keep}
+    # END SOLUTION
+
+
+check_pad_example(your_pad_example)
+
+# %% [markdown]
+# ### Extension exercises
+#
 # 1. Draw 200 images with `draw_shapes` and plot the histogram of object counts and of mask
 #    areas per class. Why are triangles smaller on average than squares of the same half-size?
 # 2. Add a fourth shape (e.g. a diamond `|dx| + |dy| <= r`) to a copy of `_shape_mask` and check

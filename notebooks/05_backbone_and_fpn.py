@@ -592,6 +592,44 @@ plt.show()
 # Each exercise has a stub that raises `NotImplementedError` and a check that runs when you
 # replace it. A wrong answer raises an `AssertionError` that says what was expected.
 #
+# ### Core exercise
+#
+# Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
+# example, random inputs against the package, named edge cases, a run under `jax.jit` and the
+# gradient. The check prints "correct", or "not attempted" while your function raises
+# `NotImplementedError`, or raises an `AssertionError` that names the case, the inputs, expected
+# and got, the largest error and, for a common mistake, a hint. Your function computes what the
+# package's `FPN.__call__(self, features)` computes, so any correct version passes.
+#
+# **Core exercise A: the top-down pathway.** Write `your_fpn(module, features)`: for an `FPN`
+# module and `features = [C2, ..., C5]` (any number of levels) return `[P2, ..., P5, P6]` as
+# `module(features)` does. Use the module's blocks (`module.inner_blocks[k](x)` is the lateral 1x1
+# conv of level `k`, `module.layer_blocks[k](x)` its 3x3 conv); the top-down merge, the nearest
+# upsampling (torch's rule, for odd sizes too) and P6 are yours to write.
+
+# %%
+from mrcnn_jax.course import check_fpn
+
+
+def your_fpn(module, features):
+    # BEGIN SOLUTION
+    merged = module.inner_blocks[-1](features[-1])  # the top level: its lateral alone
+    outputs = [module.layer_blocks[-1](merged)]
+    for k in range(len(features) - 2, -1, -1):  # going down: C4, C3, C2
+        lateral = module.inner_blocks[k](features[k])  # (N, h_k, w_k, F)
+        rows = (jnp.arange(lateral.shape[1]) * merged.shape[1]) // lateral.shape[1]
+        cols = (jnp.arange(lateral.shape[2]) * merged.shape[2]) // lateral.shape[2]
+        merged = lateral + merged[:, rows][:, :, cols]  # + the coarser merged map, upsampled
+        outputs.insert(0, module.layer_blocks[k](merged))
+    return [*outputs, outputs[-1][:, ::2, ::2]]  # P6: every other position of P5
+    # END SOLUTION
+
+
+check_fpn(your_fpn)
+
+# %% [markdown]
+# ### Extension exercises
+#
 # **Exercise 1: feature sizes of any input.** Write `my_feature_sizes(height, width) -> list` of
 # the `(h, w)` of P2..P6 for the ResNet-FPN, *without* running a model (use the output-size
 # formula).

@@ -317,8 +317,9 @@ print(sorted(p.name for p in straight.iterdir()))
 
 # %% [markdown]
 # `metrics.jsonl` has one JSON object per step: the terms, `grad_norm`, `images_per_s`, and
-# `val` where the validation loss was computed. `run.json` records the config and data settings,
-# so `checkpoints.restore_model(workdir)` rebuilds the model without the command line.
+# `val` where the validation loss was computed. `run.json` records the config, the data settings
+# (resize, mask crops) and the schedule, so `checkpoints.restore_model(workdir)` rebuilds the
+# model without the command line.
 
 # %%
 rows = [json.loads(line) for line in (straight / "metrics.jsonl").open()]
@@ -494,6 +495,39 @@ print(f"largest gradient norm: default {max(recipe[1]):.3g}, unclipped {max(uncl
 #
 # Each exercise has a stub that raises `NotImplementedError` and a check that runs when you
 # replace it. A wrong answer raises an `AssertionError` that says what was expected.
+#
+# ### Core exercise
+#
+# Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
+# example, random inputs against the package, named edge cases and a run under `jax.jit`. The
+# check prints "correct", or "not attempted" while your function raises `NotImplementedError`,
+# or raises an `AssertionError` that names the case, the inputs, expected and got, the largest
+# error and, for a common mistake, a hint. Any correct version passes, whatever its style.
+#
+# **Core exercise A: the schedule, jittable.** Section 1's `my_lr` takes one Python number. In
+# the train step the schedule runs under `jit` on the optimizer's step count, a traced array.
+# Write `your_lr_schedule(step, lr, warmup, total)`, the learning rate of `make_optimizer` at
+# step `step` (the arguments of `my_lr`), for an integer or an integer array `step` of any shape
+# (the result has its shape): the same warm-up and cosine, held at 0 from step `total` on, with
+# `warmup = 0` meaning no warm-up, and no Python `if` on `step`.
+
+# %%
+from mrcnn_jax.course import check_lr_schedule
+
+
+def your_lr_schedule(step, lr, warmup, total):
+    # BEGIN SOLUTION
+    step = jnp.asarray(step, jnp.float32)
+    rising = 0.001 * lr + (lr - 0.001 * lr) * step / max(warmup, 1)  # max: no 0/0 at warmup 0
+    t = jnp.clip((step - warmup) / max(total - warmup, 1), 0.0, 1.0)  # 0 .. 1, then held
+    return jnp.where(step < warmup, rising, 0.5 * lr * (1 + jnp.cos(jnp.pi * t)))
+    # END SOLUTION
+
+
+check_lr_schedule(your_lr_schedule)
+
+# %% [markdown]
+# ### Extension exercises
 #
 # **Exercise 1: which batch?** A run stopped after `done` steps is resumed. Write
 # `resume_inputs(done, base_key)` returning `(batch_index, key)` for the first step of the

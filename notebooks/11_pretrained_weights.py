@@ -506,31 +506,48 @@ print(f"restored {len(after)} variables, all equal; predictions identical")
 # Each exercise has a stub that raises `NotImplementedError` and a check that runs when you
 # replace it. A wrong answer raises an `AssertionError` that says what was expected.
 #
-# **Exercise 1: the conv layout.** Write `my_oihw_to_hwio(w)` turning a torchvision conv weight
-# `(out, in, kh, kw)` into our `(kh, kw, in, out)`.
+# ### Core exercise
+#
+# Here you write the stage this notebook teaches, and `mrcnn_jax.course` checks it: a hand
+# example, random inputs against the package, and named edge cases. The check prints "correct",
+# or "not attempted" while your function raises `NotImplementedError`, or raises an
+# `AssertionError` that names the case, the inputs, expected and got, the largest error and, for
+# a common mistake, a hint. Your function takes the same arguments as the package's, so any
+# correct version passes.
+#
+# **Core exercise A: layouts.** Write `your_from_torchvision_layout(name, value, roi_size=7)`,
+# as `mrcnn_jax.weights.from_torchvision_layout`: turn torchvision's array `value` of the tensor
+# called `name` into our layout, following the table of section 2 (conv kernels, the 2x2
+# transposed conv `...conv5_mask.weight`, linear weights, `...box_head.fc6.weight` with its
+# `roi_size x roi_size` cells, and vectors).
 
 # %%
-def check_oihw_to_hwio(fn):
-    w = state["backbone.body.layer2.0.conv1.weight"]
-    got = np.asarray(fn(w))
-    assert got.shape == (3, 3, 8, 16), f"expected shape (3, 3, 8, 16), got {got.shape}"
-    np.testing.assert_array_equal(got, from_torchvision_layout("backbone.body.layer2.0.conv1.weight", w))
-    odd = np.arange(2 * 3 * 5 * 7).reshape(2, 3, 5, 7)
-    assert np.asarray(fn(odd))[4, 6, 2, 1] == odd[1, 2, 4, 6], "entry [o, i, y, x] must land at [y, x, i, o]"
+from mrcnn_jax.course import check_from_torchvision_layout
 
 
-def my_oihw_to_hwio(w):
-    raise NotImplementedError
+def your_from_torchvision_layout(name, value, roi_size=7):
+    # BEGIN SOLUTION
+    value = np.asarray(value)
+    if name.endswith("conv5_mask.weight"):  # transposed conv: (in, out, a, b) -> (a, b, in, out)
+        return value.transpose(2, 3, 0, 1)
+    if value.ndim == 4:  # conv: OIHW -> HWIO
+        return value.transpose(2, 3, 1, 0)
+    if "box_head.fc6" in name:  # columns (c, y, x) -> rows (y, x, c)
+        out, channels = value.shape[0], value.shape[1] // (roi_size * roi_size)
+        cells = value.reshape(out, channels, roi_size, roi_size).transpose(2, 3, 1, 0)
+        return cells.reshape(roi_size * roi_size * channels, out)
+    if value.ndim == 2:  # linear: (out, in) -> (in, out)
+        return value.T
+    return value  # vectors keep their layout
+    # END SOLUTION
 
 
-try:
-    check_oihw_to_hwio(my_oihw_to_hwio)
-    print("correct!")
-except NotImplementedError:
-    print("not attempted yet")
+check_from_torchvision_layout(your_from_torchvision_layout)
 
 # %% [markdown]
-# **Exercise 2: ResNet depth from the names.** Write `my_resnet_depth(names)` for an iterable of
+# ### Extension exercise
+#
+# **Exercise 1: ResNet depth from the names.** Write `my_resnet_depth(names)` for an iterable of
 # state-dict names: count the blocks of `backbone.body.layer1` .. `layer4` (the distinct indices
 # `i` in `backbone.body.layer{s}.{i}.`), decide basic or bottleneck (a `conv3` exists), and return
 # 18, 34, 50 or 101.
@@ -555,31 +572,6 @@ def my_resnet_depth(names):
 
 try:
     check_resnet_depth(my_resnet_depth)
-    print("correct!")
-except NotImplementedError:
-    print("not attempted yet")
-
-# %% [markdown]
-# **Exercise 3: `fc6` by hand.** Write `my_fc6(w, channels, roi_size)` turning torchvision's
-# `fc6.weight (out, C·r·r)` (inputs in `(c, y, x)` order) into our `(r·r·C, out)` kernel (rows in
-# `(y, x, c)` order), so that `x_nhwc.reshape(n, -1) @ my_fc6(...)` equals torchvision's `fc6`.
-
-# %%
-def check_fc6(fn):
-    got = np.asarray(fn(w6, C, 7))
-    assert got.shape == k6.shape, f"expected shape {k6.shape}, got {got.shape}"
-    np.testing.assert_allclose(pooled_nhwc.reshape(3, -1) @ got, theirs, rtol=1e-4, atol=1e-4,
-                               err_msg="x_nhwc.reshape(n, -1) @ kernel must equal torchvision's fc6")
-    small = np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3 * 2 * 2)  # out 2, C 3, r 2
-    assert np.asarray(fn(small, 3, 2))[1, 0] == small[0, 4], "row (y=0, x=0, c=1) is torchvision's column c*4 + 0 = 4"
-
-
-def my_fc6(w, channels, roi_size):
-    raise NotImplementedError
-
-
-try:
-    check_fc6(my_fc6)
     print("correct!")
 except NotImplementedError:
     print("not attempted yet")

@@ -249,6 +249,66 @@ def sol_average_precision(recall, precision):
     return total / 101
 
 
+def sol_pad_example(example, size, max_instances, full_masks=True):
+    height, width = example["image"].shape[:2]
+    canvas = np.zeros((size, size, 3), np.uint8)
+    canvas[:height, :width] = example["image"]
+    count = len(example["labels"])
+    keep = min(count, max_instances)
+    masks = example["masks"][:keep]
+    shape = (size, size) if full_masks else example["masks"].shape[1:]
+    padded_masks = np.zeros((max_instances, *shape), np.uint8)
+    padded_masks[:keep, :masks.shape[1], :masks.shape[2]] = masks
+    boxes = np.zeros((max_instances, 4), np.float32)
+    boxes[:keep] = example["boxes"][:keep]
+    labels = np.zeros(max_instances, np.int32)
+    labels[:keep] = example["labels"][:keep]
+    return {"image": canvas, "boxes": boxes, "labels": labels, "masks": padded_masks,
+            "valid": np.arange(max_instances) < keep, "num_truncated": count - keep}
+
+
+def _conv(block, x, pad):
+    y = jax.lax.conv_general_dilated(x, block.kernel[...], (1, 1), ((pad, pad), (pad, pad)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + block.bias[...]
+
+
+def _up(x, size):
+    rows = jnp.arange(size[0]) * x.shape[1] // size[0]
+    cols = jnp.arange(size[1]) * x.shape[2] // size[1]
+    return x[:, rows][:, :, cols]
+
+
+def sol_fpn(module, features, upsample=_up, smoothed=False):
+    laterals = [_conv(b, c, 0) for b, c in zip(module.inner_blocks, features, strict=True)]
+    merged, outputs = [laterals[-1]], [_conv(module.layer_blocks[-1], laterals[-1], 1)]
+    for k in range(len(features) - 2, -1, -1):
+        above = outputs[0] if smoothed else merged[0]
+        merged.insert(0, laterals[k] + upsample(above, laterals[k].shape[1:3]))
+        outputs.insert(0, _conv(module.layer_blocks[k], merged[0], 1))
+    return [*outputs, outputs[-1][:, ::2, ::2]]
+
+
+def sol_lr_schedule(step, lr, warmup, total):
+    step = jnp.asarray(step, jnp.float32)
+    rising = 0.001 * lr + (lr - 0.001 * lr) * step / max(warmup, 1)
+    t = jnp.clip((step - warmup) / max(total - warmup, 1), 0.0, 1.0)
+    return jnp.where(step < warmup, rising, 0.5 * lr * (1 + jnp.cos(jnp.pi * t)))
+
+
+def sol_from_torchvision_layout(name, value, roi_size=7):
+    value = np.asarray(value)
+    if name.endswith("conv5_mask.weight"):
+        return value.transpose(2, 3, 0, 1)
+    if value.ndim == 4:
+        return value.transpose(2, 3, 1, 0)
+    if "box_head.fc6" in name:
+        out, channels = value.shape[0], value.shape[1] // (roi_size * roi_size)
+        value = value.reshape(out, channels, roi_size, roi_size).transpose(2, 3, 1, 0)
+        return value.reshape(-1, out)
+    return value.T if value.ndim == 2 else value
+
+
 # ---------------------------------------------------------------- known-wrong versions
 
 
@@ -516,6 +576,98 @@ def wrong_ap_area(recall, precision):
     return float(np.sum((r[1:] - r[:-1]) * precision))
 
 
+
+def wrong_pad_last_kept(example, size, max_instances, full_masks=True):
+    tail = {k: example[k][::-1] for k in ("boxes", "labels", "masks", "is_crowd")}
+    return sol_pad_example(dict(example, **tail), size, max_instances, full_masks)
+
+
+def wrong_pad_centred(example, size, max_instances, full_masks=True):
+    out = sol_pad_example(example, size, max_instances, full_masks)
+    height, width = example["image"].shape[:2]
+    top, left = (size - height) // 2, (size - width) // 2
+    out["image"] = np.zeros_like(out["image"])
+    out["image"][top:top + height, left:left + width] = example["image"]
+    return out
+
+
+def wrong_pad_negative_count(example, size, max_instances, full_masks=True):
+    out = sol_pad_example(example, size, max_instances, full_masks)
+    return dict(out, num_truncated=len(example["labels"]) - max_instances)
+
+
+def wrong_pad_crops_padded(example, size, max_instances, full_masks=True):
+    return sol_pad_example(example, size, max_instances, True)
+
+
+def wrong_fpn_no_top_down(module, features):
+    return sol_fpn(module, features, upsample=lambda x, size: 0.0)
+
+
+def wrong_fpn_smoothed(module, features):
+    return sol_fpn(module, features, smoothed=True)
+
+
+def wrong_fpn_image_resize(module, features):
+    def resize(x, size):
+        return jax.image.resize(x, (x.shape[0], *size, x.shape[3]), "nearest")
+    return sol_fpn(module, features, upsample=resize)
+
+
+def wrong_fpn_no_p6(module, features):
+    return sol_fpn(module, features)[:-1]
+
+
+def wrong_lr_python_if(step, lr, warmup, total):
+    if step < warmup:
+        return lr * 0.001 + (lr - lr * 0.001) * step / warmup
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
+def wrong_lr_from_zero(step, lr, warmup, total):
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.where(step < warmup, lr * step / max(warmup, 1),
+                     sol_lr_schedule(step, lr, warmup, total))
+
+
+def wrong_lr_cosine_over_total(step, lr, warmup, total):
+    step = jnp.asarray(step, jnp.float32)
+    t = jnp.clip(step / total, 0.0, 1.0)
+    return jnp.where(step < warmup, sol_lr_schedule(step, lr, warmup, total),
+                     0.5 * lr * (1 + jnp.cos(jnp.pi * t)))
+
+
+def wrong_lr_no_clamp(step, lr, warmup, total):
+    step = jnp.asarray(step, jnp.float32)
+    t = (step - warmup) / max(total - warmup, 1)
+    return jnp.where(step < warmup, sol_lr_schedule(step, lr, warmup, total),
+                     0.5 * lr * (1 + jnp.cos(jnp.pi * t)))
+
+
+def wrong_layout_in_out_swapped(name, value, roi_size=7):
+    value = np.asarray(value)
+    if value.ndim == 4:
+        return value.transpose(2, 3, 0, 1)
+    return sol_from_torchvision_layout(name, value, roi_size)
+
+
+def wrong_layout_reversed(name, value, roi_size=7):
+    value = np.asarray(value)
+    return value.T if value.ndim == 4 else sol_from_torchvision_layout(name, value, roi_size)
+
+
+def wrong_layout_fc6_plain(name, value, roi_size=7):
+    if "fc6" in name:
+        return np.asarray(value).T
+    return sol_from_torchvision_layout(name, value, roi_size)
+
+
+def wrong_layout_transposed_conv(name, value, roi_size=7):
+    if "conv5_mask" in name:
+        return np.asarray(value).transpose(2, 3, 1, 0)
+    return sol_from_torchvision_layout(name, value, roi_size)
+
+
 def not_implemented(*args, **kwargs):
     raise NotImplementedError
 
@@ -569,6 +721,23 @@ CASES = {
         (wrong_ap_11_point, "not VOC 2007's 11"),
         (wrong_ap_no_interpolation, "non-increasing from the right"),
         (wrong_ap_area, "area under the interpolated curve")]),
+    "pad_example": (sol_pad_example, [(wrong_pad_last_kept, "keep the *first*"),
+                                      (wrong_pad_centred, "top-left corner"),
+                                      (wrong_pad_negative_count, "max(N - max_instances, 0)"),
+                                      (wrong_pad_crops_padded, "keep their own M x M")]),
+    "fpn": (sol_fpn, [(wrong_fpn_no_top_down, "without the top-down sum"),
+                      (wrong_fpn_smoothed, "before its 3x3 conv"),
+                      (wrong_fpn_image_resize, "half-pixel centres"),
+                      (wrong_fpn_no_p6, "then the extra level")]),
+    "lr_schedule": (sol_lr_schedule, [(wrong_lr_python_if, "jnp.where"),
+                                      (wrong_lr_from_zero, "starts at 0.001 * lr"),
+                                      (wrong_lr_cosine_over_total, "not step / total"),
+                                      (wrong_lr_no_clamp, "stays at 0")]),
+    "from_torchvision_layout": (sol_from_torchvision_layout, [
+        (wrong_layout_in_out_swapped, "the last two axes are (in, out)"),
+        (wrong_layout_reversed, "reverses all four"),
+        (wrong_layout_fc6_plain, "flattened (c, y, x)"),
+        (wrong_layout_transposed_conv, "*transposed* conv")]),
 }
 
 
@@ -641,3 +810,25 @@ def test_garbage_is_wrong_with_a_message(name, bad):
     assert str(info.value).startswith("case '"), str(info.value)
     if bad is raises_value_error:
         assert "your function raised ValueError: boom" in str(info.value)
+
+
+@pytest.mark.parametrize("warmup", [5, 0])
+def test_lr_schedule_oracle_is_make_optimizers_schedule(warmup):
+    """The check's oracle is the rate ``make_optimizer`` applies: a gradient of 1 on one
+    parameter, with momentum and weight decay off, is updated by exactly ``-lr(step)``."""
+    from flax import nnx
+
+    from mrcnn_jax.course.training import _oracle
+    from mrcnn_jax.training import make_optimizer
+
+    probe = nnx.Linear(1, 1, use_bias=False, rngs=nnx.Rngs(0))
+    optimizer = make_optimizer(probe, 0.02, momentum=0.0, weight_decay=0.0,
+                               warmup_steps=warmup, total_steps=25)
+    params = nnx.state(probe, nnx.Param)
+    ones = jax.tree.map(jnp.ones_like, params)
+    state, rates = optimizer.tx.init(params), []
+    for _ in range(30):  # 5 steps past the end too
+        updates, state = optimizer.tx.update(ones, state, params)
+        rates.append(-float(jax.tree.leaves(updates)[0].ravel()[0]))
+    np.testing.assert_allclose(rates, _oracle(np.arange(30), 0.02, warmup, 25), rtol=1e-4,
+                               atol=1e-9)

@@ -6,6 +6,8 @@ and a copy with one planted mistake (exactly that exercise wrong).
 """
 
 import json
+import os
+import pathlib
 
 import jupytext
 import nbformat
@@ -156,3 +158,50 @@ iou_check(None)
 """
     notebook = jupytext.reads(text, fmt="py:percent")
     assert grade.expected_exercises(notebook) == ["map_levels", "box_iou", "nms"]
+
+
+NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
+REAL = NOTEBOOKS / "01_boxes_iou_and_box_coding.py"  # three exercises, the cheapest to run
+# decode without the clamp; decode is the cell's last check, so nothing after it is skipped
+PLANT = ("    w = jnp.exp(jnp.minimum(deltas[..., 2] / ww, clip)) * aw\n"
+         "    h = jnp.exp(jnp.minimum(deltas[..., 3] / wh, clip)) * ah\n",
+         "    w = jnp.exp(deltas[..., 2] / ww) * aw\n    h = jnp.exp(deltas[..., 3] / wh) * ah\n")
+
+
+@pytest.fixture
+def shared_jax_cache(tmp_path_factory, monkeypatch):
+    """A persistent XLA compilation cache shared by this run's notebooks (see
+    test_course_notebooks.py): the three editions of 01 compile the same programs."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "jax_cache"
+    folder.mkdir(exist_ok=True)
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(folder))  # the kernel inherits it
+    # every program, however quick to compile: 01's are many small ones (measured: the planted
+    # edition after the teacher's 12.6 s of kernel CPU instead of 20 s; with JAX's 1 s default
+    # threshold, no gain)
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    return folder
+
+
+def test_grade_real_notebook_teacher_student_and_planted_mistake(tmp_path, shared_jax_cache):
+    """The grading command's three promises on a real notebook (fast setting): the teacher
+    edition all correct, its student edition all not attempted, one planted mistake exactly
+    that exercise wrong (with its hint), the others still correct."""
+    source = REAL.read_text()
+    assert source.count(PLANT[0]) == 1, "the planted line is gone from 01: pick another"
+    teacher = _write_notebook(source, tmp_path / "teacher.ipynb")
+    planted = _write_notebook(source.replace(*PLANT), tmp_path / "planted.ipynb")
+    student = student_edition.write_student_edition(REAL, tmp_path / "student")[1]
+    reports = [grade.grade_notebook(path, workdir=NOTEBOOKS)
+               for path in (teacher, student, planted)]
+    statuses = [{e["exercise"]: e["status"] for e in r["exercises"]} for r in reports]
+    names = ["box_iou", "encode_boxes", "decode_boxes"]
+    assert statuses[0] == dict.fromkeys(names, "correct")
+    assert statuses[1] == dict.fromkeys(names, "not attempted")
+    assert statuses[2] == {"box_iou": "correct", "encode_boxes": "correct",
+                           "decode_boxes": "wrong"}
+    assert [r["error"] is None for r in reports] == [True, True, False]  # the failing check
+    wrong = next(e for e in reports[2]["exercises"] if e["status"] == "wrong")
+    assert "clamp dw and dh" in wrong["message"]
+    assert "score: 2 / 3 correct" in grade.format_table(reports[2])
