@@ -33,7 +33,8 @@ def make_batch(batch_size, height, width, slots=8, objects=3, seed=0):
     for b in range(batch_size):
         for j in range(objects):
             x, y = rng.integers(0, (width * 5 // 8, height * 5 // 8))
-            w, h = rng.integers(width // 8, width * 3 // 8), rng.integers(height // 8, height * 3 // 8)
+            w = rng.integers(width // 8, width * 3 // 8)
+            h = rng.integers(height // 8, height * 3 // 8)
             boxes[b, j] = [x, y, x + w, y + h]
             masks[b, j, y:y + h, x:x + w] = 1
             images[b, y:y + h, x:x + w] = rng.integers(0, 256, 3)
