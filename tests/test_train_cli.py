@@ -113,22 +113,37 @@ def scaling(tmp_path_factory):
     return root, done.stdout
 
 
+def _assert_same_run(ours, one):
+    """Losses logged by a run on several devices or processes against the 1-device run.
+
+    Step 1 is the same function of the same weights: 1e-4. Warm-up is 2 steps, so step 2's
+    update used 0.001 of the peak rate and step 3's half of it: a mean over the wrong images
+    or a missing gradient all-reduce moves step 3 by far more than the 1e-3 allowed here
+    (measured 2026-12-05: 2.5e-4 on the loss, 8e-4 on box_classifier, 9e-4 on grad_norm).
+    After two steps at the peak rate the runs drift apart (measured at step 4: 3.2e-3 on the
+    loss with 8 devices, 4.3e-3 with 2 processes, 1.9e-2 on box_regression), and that is not
+    a sharding error: a device holding fewer images sums its convolutions in another order
+    (~1e-7), which swaps RoIs whose RPN scores are that close, so a few other RoIs are
+    sampled and the difference grows with every step. Step 4 is held to 1e-2 (the loss) as a
+    sanity bound only; tests/test_sharding.py removes the sampling choice and checks
+    gradients to 1e-5.
+    """
+    assert [m["step"] for m in ours] == [m["step"] for m in one] == [1, 2, 3, 4]
+    for m, (a, b) in enumerate(zip(ours, one, strict=True), start=1):
+        loss_rtol, term_rtol = {1: (1e-4, 1e-4), 2: (1e-3, 1e-3), 3: (1e-3, 3e-3)}.get(
+            m, (1e-2, 5e-2))
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=loss_rtol, err_msg=f"step {m}")
+        for term in (*LOSS_TERMS, "grad_norm"):  # grad_norm: a mean over all images, not a sum
+            np.testing.assert_allclose(a[term], b[term], rtol=term_rtol,
+                                       err_msg=f"{term}, step {m}")
+        assert a["images_per_s"] > 0
+
+
 def test_eight_devices_log_the_losses_of_one(scaling):
     root, stdout = scaling
     assert "mesh: 8 cpu device(s)" in stdout and "mesh: 1 cpu device(s)" in stdout
     eight, one = _metrics(root / "d8"), _metrics(root / "d1")
-    assert [m["step"] for m in eight] == [1, 2, 3, 4]
-    for term in (*LOSS_TERMS, "loss"):  # step 1: the same function of the same weights
-        np.testing.assert_allclose(eight[0][term], one[0][term], rtol=1e-4, err_msg=term)
-    # Later steps drift by up to ~0.5% in the box terms (measured), and that is not a sharding
-    # error: a device holding 1 image runs its convolutions in another summation order
-    # (~1e-7), which swaps RoIs whose RPN scores are that close, so a few other RoIs are
-    # sampled. tests/test_sharding.py removes that choice and checks 1e-5 gradients.
-    for a, b in zip(eight, one, strict=True):
-        np.testing.assert_allclose(a["loss"], b["loss"], rtol=3e-3)
-        for term in LOSS_TERMS:
-            np.testing.assert_allclose(a[term], b[term], rtol=2e-2, err_msg=term)
-        assert a["images_per_s"] > 0
+    _assert_same_run(eight, one)
     np.testing.assert_allclose(eight[-1]["val"]["loss"], one[-1]["val"]["loss"], rtol=2e-2)
 
 
@@ -192,9 +207,7 @@ def test_two_processes_log_the_losses_of_one(scaling):
         assert p.returncode == 0, out[-3000:]
     assert "mesh: 2 cpu device(s) over 2 process(es)" in outputs[0]
     two, one = _metrics(workdir), _metrics(root / "d1")
-    assert [m["step"] for m in two] == [1, 2, 3, 4]  # process 0 alone writes the log
-    for a, b in zip(two, one, strict=True):
-        np.testing.assert_allclose(a["loss"], b["loss"], rtol=2e-3)
+    _assert_same_run(two, one)  # process 0 alone writes the log: each step once
     assert (workdir / "checkpoints" / "4").is_dir()  # Orbax, written by both processes
 
 
