@@ -375,11 +375,13 @@ for name, curve in (("fine-tuned", finetune_curve), ("scratch", scratch_curve)):
 
 # %% [markdown]
 # Fine-tuning starts from features that already separate shapes from background and outline
-# them; only the class layers start from nothing, so it needs far fewer steps than training
-# from scratch to reach the same AP (printed above: compare the fine-tuned model at its last
-# step with the from-scratch model at each of its steps). On your own data the gap is usually
-# wider still, because real images have more to learn than flat-coloured shapes, and narrower
-# when your images look nothing like the pretraining data.
+# them; only the class layers start from nothing, so it needs fewer steps than training from
+# scratch to reach the same AP. In the full-setting run committed with this notebook: after 100
+# steps the fine-tuned model (mask AP 0.646, box AP 0.688) was already above the from-scratch
+# one after 300 (0.578, 0.574), and after 200 steps (3.3 min: 0.658, 0.734) it was level with
+# the from-scratch one after 600 (9.8 min: 0.672, 0.735), three times the steps and the time.
+# Your run prints its own figures above. How large the gap is on your data depends on how much
+# your images look like the data the weights were trained on: the closer, the larger.
 #
 # ## 7. Evaluate and predict, as the commands do
 #
@@ -424,8 +426,8 @@ plt.show()
 # - Preparing checks everything and counts what it skips or fixes; read that line.
 # - Look at class balance and object sizes against the anchors before training.
 # - `train --init` loads every tensor that fits, re-initialises the class layers when the
-#   classes differ and freezes `--trainable_backbone_layers`' complement; it reaches in a few
-#   hundred steps what training from scratch needs far longer for.
+#   classes differ and freezes `--trainable_backbone_layers`' complement; here it matched after
+#   200 steps what training from scratch needed 600 for.
 # - `evaluate --annotations --images` and `predict FOLDER` work on any COCO-format split or
 #   folder, in the images' own coordinates and category ids.
 #
