@@ -9,7 +9,8 @@ the semantics of pycocotools' ``COCOeval.evaluateImg`` and ``accumulate``:
    sits after the rest and is matched only when no regular one is; a crowd region may take any
    number of detections. A detection matched to ignored ground truth is ignored, and so is an
    unmatched detection whose own area is outside the range. Done for all ``T`` IoU thresholds
-   at once, one detection at a time.
+   at once, and for all area ranges at once (``match_image_ranges``), one detection at a time
+   (only those with IoU >= 0.5 with some ground truth: the others match nothing).
 2. ``accumulate``: per category, area range and detection cap, the detections of all images
    are ranked by score, and cumulative true/false positives give precision and recall.
    Precision is made non-increasing from the right (the "interpolated" precision of PASCAL
@@ -36,10 +37,11 @@ AREA_NAMES = ("all", "small", "medium", "large")
 
 
 def _last_best(values):
-    """Index of the largest of each row, the last one on ties, and whether it is finite."""
-    flipped = values[:, ::-1]  # (T, G)
-    index = values.shape[1] - 1 - np.argmax(flipped, axis=1)  # (T,)
-    return index, np.isfinite(values[np.arange(len(values)), index])  # (T,), (T,)
+    """Index of the largest along the last axis, the last one on ties, and whether it is
+    finite: ``(..., G)`` -> ``(...)``, ``(...)``."""
+    index = values.shape[-1] - 1 - np.argmax(values[..., ::-1], axis=-1)  # (...)
+    best = np.take_along_axis(values, index[..., None], axis=-1)[..., 0]  # (...)
+    return index, np.isfinite(best)
 
 
 def match_image(ious, gt_area, gt_crowd, dt_area, area_range):
@@ -55,31 +57,50 @@ def match_image(ious, gt_area, gt_crowd, dt_area, area_range):
       ``(tp (T, D) bool, fp (T, D) bool, num_gt)`` with ``num_gt`` the count of ground truth
       that is not ignored.
     """
-    low, high = area_range
-    gt_ignore = gt_crowd | (gt_area < low) | (gt_area > high)  # (G,)
-    order = np.argsort(gt_ignore, kind="stable")  # regular ground truth first
-    ious, gt_ignore, gt_crowd = ious[:, order], gt_ignore[order], gt_crowd[order]
-    num_t, (num_d, num_g) = len(IOU_THRESHOLDS), ious.shape
-    matched = np.zeros((num_t, num_d), bool)
-    dt_ignore = np.zeros((num_t, num_d), bool)
-    gt_taken = np.zeros((num_t, num_g), bool)
+    tp, fp, num_gt = match_image_ranges(ious, gt_area, gt_crowd, dt_area, (area_range,))
+    return tp[0], fp[0], int(num_gt[0])
+
+
+def match_image_ranges(ious, gt_area, gt_crowd, dt_area, area_ranges=AREA_RANGES):
+    """``match_image`` for several area ranges at once (one pass over the detections).
+
+    Only detections with IoU >= the lowest threshold with some ground truth can match, so the
+    loop visits those alone; the others are false positives (or ignored, when outside the range).
+
+    Args:
+      ious, gt_area, gt_crowd, dt_area: as ``match_image``.
+      area_ranges: ``A`` pairs ``(low, high)``, inclusive.
+    Returns:
+      ``(tp (A, T, D) bool, fp (A, T, D) bool, num_gt (A,) int)``.
+    """
+    ious = np.asarray(ious, np.float64)
+    gt_crowd = np.asarray(gt_crowd, bool)  # (G,)
+    gt_area, dt_area = np.asarray(gt_area, np.float64), np.asarray(dt_area, np.float64)
+    low, high = np.asarray(area_ranges, np.float64).T[:, :, None]  # (A, 1) each
+    gt_ignore = gt_crowd | (gt_area < low) | (gt_area > high)  # (A, G)
+    num_a, num_t, (num_d, num_g) = len(low), len(IOU_THRESHOLDS), ious.shape
+    matched = np.zeros((num_a, num_t, num_d), bool)
+    dt_ignore = np.zeros((num_a, num_t, num_d), bool)
+    gt_taken = np.zeros((num_a, num_t, num_g), bool)
     # pycocotools caps the threshold just below 1 so that a perfect overlap always matches.
     thresholds = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[:, None]  # (T, 1)
-    rows = np.arange(num_t)
-    for d in range(num_d if num_g else 0):
-        free = (ious[d][None, :] >= thresholds) & ~(gt_taken & ~gt_crowd)  # (T, G)
-        regular = np.where(free & ~gt_ignore, ious[d], -np.inf)  # (T, G)
-        ignored = np.where(free & gt_ignore, ious[d], -np.inf)  # (T, G)
-        best_regular, has_regular = _last_best(regular)  # (T,), (T,)
-        best_ignored, has_ignored = _last_best(ignored)  # (T,), (T,)
-        best = np.where(has_regular, best_regular, best_ignored)  # (T,)
-        found = has_regular | has_ignored  # (T,)
-        gt_taken[rows[found], best[found]] = True
-        matched[:, d] = found
-        dt_ignore[:, d] = found & gt_ignore[best]
-    outside = (dt_area < low) | (dt_area > high)  # (D,)
-    dt_ignore |= ~matched & outside[None, :]
-    return matched & ~dt_ignore, ~matched & ~dt_ignore, int(np.sum(~gt_ignore))
+    regular_gt, ignored_gt = ~gt_ignore[:, None, :], gt_ignore[:, None, :]  # (A, 1, G) each
+    rows = np.indices((num_a, num_t))  # (2, A, T)
+    candidates = np.flatnonzero(np.any(ious >= thresholds[0], axis=1)) if num_g else []
+    for d in candidates:
+        free = (ious[d] >= thresholds) & ~(gt_taken & ~gt_crowd)  # (A, T, G)
+        regular = np.where(free & regular_gt, ious[d], -np.inf)  # (A, T, G)
+        ignored = np.where(free & ignored_gt, ious[d], -np.inf)  # (A, T, G)
+        best_regular, has_regular = _last_best(regular)  # (A, T), (A, T)
+        best_ignored, has_ignored = _last_best(ignored)  # (A, T), (A, T)
+        best = np.where(has_regular, best_regular, best_ignored)  # (A, T)
+        found = has_regular | has_ignored  # (A, T)
+        gt_taken[rows[0][found], rows[1][found], best[found]] = True
+        matched[:, :, d] = found
+        dt_ignore[:, :, d] = found & np.take_along_axis(gt_ignore, best, axis=1)
+    outside = (dt_area < low) | (dt_area > high)  # (A, D)
+    dt_ignore |= ~matched & outside[:, None, :]
+    return matched & ~dt_ignore, ~matched & ~dt_ignore, np.sum(~gt_ignore, axis=1)
 
 
 def precision_recall(scores, tp, fp, num_gt):
@@ -110,30 +131,32 @@ def precision_recall(scores, tp, fp, num_gt):
     return precision, recall[:, -1]
 
 
-def accumulate(per_image, num_categories, max_dets):
-    """Precision and recall tables from the per-image matches (pycocotools' ``accumulate``).
+def accumulate(dt_scores, dt_tp, dt_fp, dt_category, dt_rank, num_gt, max_dets):
+    """Precision and recall tables from the matches of all images (pycocotools' ``accumulate``).
 
     Args:
-      per_image: dict ``(k, a) -> list`` over images (in image-id order) of
-        ``(scores (D,), tp (T, D), fp (T, D), num_gt)``, detections in descending score order
-        and already capped at ``max(max_dets)``.
-      num_categories: ``K``.
+      dt_scores: ``(N,)`` scores of the detections of all images, in image-id order and, within
+        an image and category, in descending score order, capped at ``max(max_dets)``.
+      dt_tp, dt_fp: ``(A, T, N)`` booleans from ``match_image_ranges``.
+      dt_category: ``(N,)`` category index in ``[0, K)``.
+      dt_rank: ``(N,)`` position of each detection in its image and category by score.
+      num_gt: ``(K, A)`` count of ground truth that is not ignored.
       max_dets: the ``M`` caps on detections per image and category, increasing.
     Returns:
       ``(precision (T, R, K, A, M), recall (T, K, A, M))``, ``-1`` where a category has no
       ground truth in the area range.
     """
-    shape = (len(IOU_THRESHOLDS), num_categories, len(AREA_RANGES), len(max_dets))
+    num_k, num_a = num_gt.shape
+    shape = (len(IOU_THRESHOLDS), num_k, num_a, len(max_dets))
     precision = -np.ones(shape[:1] + (len(RECALL_THRESHOLDS),) + shape[1:])  # (T, R, K, A, M)
     recall = -np.ones(shape)  # (T, K, A, M)
-    for (k, a), images in per_image.items():
-        num_gt = sum(image[3] for image in images)
-        if num_gt == 0:
-            continue
+    by_category = np.argsort(dt_category, kind="stable")  # (N,) keeps image and rank order
+    bounds = np.searchsorted(dt_category[by_category], np.arange(num_k + 1))  # (K + 1,)
+    for k in np.flatnonzero(np.any(num_gt > 0, axis=1)):
+        dets = by_category[bounds[k]:bounds[k + 1]]  # (N_k,)
         for m, cap in enumerate(max_dets):
-            scores = np.concatenate([image[0][:cap] for image in images])  # (N,)
-            tp = np.concatenate([image[1][:, :cap] for image in images], axis=1)  # (T, N)
-            fp = np.concatenate([image[2][:, :cap] for image in images], axis=1)  # (T, N)
-            precision[:, :, k, a, m], recall[:, k, a, m] = precision_recall(scores, tp, fp,
-                                                                            num_gt)
+            kept = dets[dt_rank[dets] < cap]  # (N_km,)
+            for a in np.flatnonzero(num_gt[k] > 0):
+                precision[:, :, k, a, m], recall[:, k, a, m] = precision_recall(
+                    dt_scores[kept], dt_tp[a][:, kept], dt_fp[a][:, kept], num_gt[k, a])
     return precision, recall

@@ -6,9 +6,12 @@ with 1, 10, 100 detections per image; AR for small, medium, large), for boxes (`
 masks (``"segm"``). It is written here in numpy and tested equal to pycocotools; only RLE
 encoding, decoding and polygon rasterising come from ``pycocotools.mask``. The stages:
 
-1. per image and category: detections sorted by score (stable, ties keep input order) and
-   capped at ``max_dets[-1]``; IoU with the ground truth (``coco_masks.py``);
-2. per area range: greedy matching at 10 IoU thresholds 0.5:0.05:0.95 (``coco_matching.py``);
+1. per image and category (a "group"): detections sorted by score (stable, ties keep input
+   order) and capped at ``max_dets[-1]``; the IoU of every (detection, ground truth) pair of
+   a group, all groups in one array (``coco_masks.py``; masks on their runs);
+2. greedy matching at 10 IoU thresholds 0.5:0.05:0.95 and the 4 area ranges in one pass
+   (``coco_matching.py``), only in groups where some pair reaches IoU 0.5: elsewhere every
+   detection is a false positive, or ignored when outside the area range;
 3. per category, area range and cap: 101-point interpolated precision and recall;
 4. the 12 numbers: means over the entries that are not ``-1`` ("no ground truth"); ``-1`` if
    all are.
@@ -28,27 +31,33 @@ Where pycocotools fails or surprises, this module decides (each tested):
   (pycocotools hard-codes 100 there).
 
 Shape shorthand: ``T`` = 10 IoU thresholds, ``R`` = 101 recall levels, ``K`` categories
-(sorted ids), ``A`` = 4 area ranges (all, small, medium, large), ``M`` = 3 caps, ``D``
-detections, ``H, W`` image size. Naming: ``gt`` ground truth, ``dt`` detections; boxes are COCO
-``[x, y, w, h]`` in COCO dicts and ``xyxy`` (the package convention) in model outputs.
+(sorted ids), ``A`` = 4 area ranges (all, small, medium, large), ``M`` = 3 caps, ``N``
+detections and ``G`` ground truth of all images, ``P`` pairs, ``H, W`` image size. Naming:
+``gt`` ground truth, ``dt`` detections; boxes are COCO ``[x, y, w, h]`` in COCO dicts and
+``xyxy`` (the package convention) in model outputs.
 
 Taught in notebooks/10_inference_and_evaluation.
 """
 
-from collections import defaultdict
-
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from mrcnn_jax.coco_masks import box_iou_xywh, mask_iou, masks_to_rle, segmentation_to_rle
+from mrcnn_jax.coco_masks import (
+    box_iou_pairs,
+    mask_iou_pairs,
+    masks_to_rle,
+    segmentation_to_rle,
+)
 from mrcnn_jax.coco_matching import (
     AREA_NAMES,
     AREA_RANGES,
     IOU_THRESHOLDS,
     accumulate,
-    match_image,
+    match_image_ranges,
 )
 
+# Pairs whose masks are read at a time: bounds the memory of the runs (about 100 MB).
+_PAIRS_PER_CHUNK = 50_000
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
               "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 # Each summary line: (average precision?, IoU threshold or None for all, area, cap position).
@@ -81,14 +90,15 @@ def coco_evaluate(ground_truth, detections, iou_types=("bbox", "segm"), max_dets
     Taught in notebooks/10_inference_and_evaluation.
     """
     max_dets = _check_max_dets(max_dets)
-    images, category_ids, gts = _index_ground_truth(ground_truth)
-    dts = _index_detections(detections, images, set(category_ids))
+    images, category_ids, gt = _index_ground_truth(ground_truth)
+    dt = _index_detections(detections, images, category_ids, max_dets[-1])
     results = {}
     for iou_type in iou_types:
         if iou_type not in ("bbox", "segm"):
             raise ValueError(f"iou_types must be 'bbox' or 'segm'; got {iou_type!r}")
-        per_image = _match_all(gts, dts, images, category_ids, iou_type, max_dets[-1])
-        precision, recall = accumulate(per_image, len(category_ids), max_dets)
+        tp, fp, num_gt = _match_all(gt, dt, images, iou_type, len(category_ids))
+        precision, recall = accumulate(dt["score"], tp, fp, dt["group"] % len(category_ids),
+                                       dt["rank"], num_gt, max_dets)
         results[iou_type] = _summarize(precision, recall)
         if with_arrays:
             results[iou_type].update(precision=precision, recall=recall,
@@ -110,42 +120,71 @@ def _require(record, keys, what):
         raise ValueError(f"{what} lacks {missing}; got keys {sorted(record)}")
 
 
+def _groups(image_ids, category_ids, images, category_index):
+    """Group number ``image position * K + category index`` (images in id order): ``(N,)``."""
+    image_index = {image_id: i for i, image_id in enumerate(sorted(images))}
+    return np.array([image_index[i] * len(category_index) + category_index[c]
+                     for i, c in zip(image_ids, category_ids, strict=True)], np.int64)
+
+
 def _index_ground_truth(ground_truth):
-    """``{image_id: (H, W)}``, sorted category ids, and annotations by (image, category)."""
+    """``{image_id: (H, W)}``, sorted category ids, and the annotations sorted by group.
+
+    The annotations come as a dict: ``anns`` (list), ``group``, ``area``, ``crowd`` (each
+    ``(G,)``), sorted by group (image, then category), in input order within a group.
+    """
     if not isinstance(ground_truth, dict):
         raise ValueError(f"ground_truth must be a COCO dict; got {type(ground_truth).__name__}")
     _require(ground_truth, ("images", "annotations", "categories"), "ground_truth")
     images = {img["id"]: (img.get("height"), img.get("width")) for img in ground_truth["images"]}
     category_ids = sorted({cat["id"] for cat in ground_truth["categories"]})
-    known_categories = set(category_ids)
-    gts = defaultdict(list)
-    for i, ann in enumerate(ground_truth["annotations"]):
+    category_index = {cat: k for k, cat in enumerate(category_ids)}
+    anns = ground_truth["annotations"]
+    for i, ann in enumerate(anns):
         _require(ann, ("image_id", "category_id", "area"), f"ground_truth['annotations'][{i}]")
-        if ann["image_id"] not in images or ann["category_id"] not in known_categories:
+        if ann["image_id"] not in images or ann["category_id"] not in category_index:
             raise ValueError(f"ground_truth['annotations'][{i}] has image_id "
                              f"{ann['image_id']!r} and category_id {ann['category_id']!r}, "
                              f"one of which is not in ground_truth['images'/'categories']")
-        gts[ann["image_id"], ann["category_id"]].append(ann)
-    return images, category_ids, gts
+    group = _groups([a["image_id"] for a in anns], [a["category_id"] for a in anns], images,
+                    category_index)  # (G,)
+    order = np.argsort(group, kind="stable")  # (G,)
+    anns = [anns[i] for i in order]
+    return images, category_ids, {
+        "anns": anns, "group": group[order],
+        "area": np.array([a["area"] for a in anns], np.float64).reshape(-1),
+        "crowd": np.array([bool(a.get("iscrowd", 0)) for a in anns], bool).reshape(-1)}
 
 
-def _index_detections(detections, images, known_categories):
-    """Detections by (image, category), in input order."""
+def _index_detections(detections, images, category_ids, max_det):
+    """The detections sorted by group and score, each group's capped at ``max_det``.
+
+    A dict: ``dets`` (list), ``group``, ``score``, ``rank`` (position in its group), each
+    ``(N,)``; ties in score keep input order (pycocotools sorts with a stable mergesort).
+    """
     if not isinstance(detections, list | tuple):
         raise ValueError(f"detections must be a list of dicts; got {type(detections).__name__}")
-    dts = defaultdict(list)
+    category_index = {cat: k for k, cat in enumerate(category_ids)}
     for i, det in enumerate(detections):
         _require(det, ("image_id", "category_id", "score"), f"detections[{i}]")
         if det["image_id"] not in images:
             raise ValueError(f"detections[{i}] has image_id {det['image_id']!r}, which is not "
                              f"in ground_truth['images']")
-        if det["category_id"] not in known_categories:
+        if det["category_id"] not in category_index:
             raise ValueError(f"detections[{i}] has category_id {det['category_id']!r}, which "
-                             f"is not in ground_truth['categories'] {sorted(known_categories)}")
+                             f"is not in ground_truth['categories'] {category_ids}")
         if not _has_box(det) and "segmentation" not in det:
             raise ValueError(f"detections[{i}] needs a 'bbox' or a 'segmentation'")
-        dts[det["image_id"], det["category_id"]].append(det)
-    return dts
+    group = _groups([d["image_id"] for d in detections],
+                    [d["category_id"] for d in detections], images, category_index)  # (N,)
+    score = np.array([d["score"] for d in detections], np.float64).reshape(-1)  # (N,)
+    order = np.lexsort((-score, group))  # (N,) stable: by group, then descending score
+    group, score = group[order], score[order]
+    first = np.searchsorted(group, group)  # (N,) where each detection's group starts
+    rank = np.arange(len(group)) - first  # (N,)
+    kept = np.flatnonzero(rank < max_det)  # (N',)
+    return {"dets": [detections[i] for i in order[kept]], "group": group[kept],
+            "score": score[kept], "rank": rank[kept]}
 
 
 def _has_box(det):
@@ -158,53 +197,75 @@ def _dt_area(det):
     return float(mask_utils.area(det["segmentation"]))
 
 
-def _regions(anns, iou_type, image_size, is_gt):
-    """The boxes ``(N, 4)`` or RLE masks (a list) of annotations or detections."""
-    height, width = image_size
+def _pairs(dt_group, gt_group):
+    """Every (detection, ground truth) pair of one image and category: ``(P,)`` indices each,
+    detection-major, so each group's pairs form a ``(D_g, G_g)`` block in row-major order."""
+    gt_first = np.searchsorted(gt_group, dt_group, side="left")  # (N,)
+    gt_count = np.searchsorted(gt_group, dt_group, side="right") - gt_first  # (N,)
+    pair_dt = np.repeat(np.arange(len(dt_group)), gt_count)  # (P,)
+    offset = np.arange(len(pair_dt)) - np.repeat(np.cumsum(gt_count) - gt_count, gt_count)
+    return pair_dt, gt_first[pair_dt] + offset  # (P,), (P,)
+
+
+def _rle(ann, images, is_gt):
+    """An annotation's or detection's region as a compressed RLE."""
+    height, width = images[ann["image_id"]]
+    if "segmentation" in ann or is_gt:
+        return segmentation_to_rle(ann["segmentation"], height, width)
+    x, y, w, h = ann["bbox"]  # a box-only result is evaluated as its box's polygon, as in
+    return segmentation_to_rle([[x, y, x, y + h, x + w, y + h, x + w, y]], height, width)
+
+
+def _pair_ious(gt, dt, pair_dt, pair_gt, iou_type, images):
+    """IoU of each (detection, ground truth) pair: ``(P,)``."""
+    crowd = gt["crowd"][pair_gt]  # (P,)
     if iou_type == "bbox":
-        if is_gt:
-            for ann in anns:
-                _require(ann, ("bbox",), f"ground-truth annotation id {ann.get('id')!r}")
-            return np.array([ann["bbox"] for ann in anns], np.float64).reshape(-1, 4)
-        return np.array([det["bbox"] if _has_box(det) else mask_utils.toBbox(det["segmentation"])
-                         for det in anns], np.float64).reshape(-1, 4)
-    rles = []
-    for ann in anns:
-        if "segmentation" in ann:
-            rles.append(segmentation_to_rle(ann["segmentation"], height, width))
-        elif is_gt:
+        for ann in gt["anns"]:
+            _require(ann, ("bbox",), f"ground-truth annotation id {ann.get('id')!r}")
+        gt_boxes = np.array([a["bbox"] for a in gt["anns"]], np.float64).reshape(-1, 4)
+        dt_boxes = np.array([d["bbox"] if _has_box(d) else mask_utils.toBbox(d["segmentation"])
+                             for d in dt["dets"]], np.float64).reshape(-1, 4)  # (N, 4)
+        return box_iou_pairs(dt_boxes[pair_dt], gt_boxes[pair_gt], crowd)
+    for ann in gt["anns"]:
+        if "segmentation" not in ann:
             raise ValueError(f"ground-truth annotation id {ann.get('id')!r} has no "
                              "'segmentation', which 'segm' evaluation needs")
-        else:  # a box-only result is evaluated as its box's polygon, as in pycocotools
-            x, y, w, h = ann["bbox"]
-            rles.append(segmentation_to_rle([[x, y, x, y + h, x + w, y + h, x + w, y]],
-                                            height, width))
-    return rles
+    ious = np.zeros(len(pair_dt))  # (P,)
+    for start in range(0, len(pair_dt), _PAIRS_PER_CHUNK):  # bounds the memory of the runs
+        chunk = slice(start, start + _PAIRS_PER_CHUNK)
+        dt_used, dt_index = np.unique(pair_dt[chunk], return_inverse=True)
+        gt_used, gt_index = np.unique(pair_gt[chunk], return_inverse=True)
+        dt_rles = [_rle(dt["dets"][i], images, is_gt=False) for i in dt_used]
+        gt_rles = [_rle(gt["anns"][i], images, is_gt=True) for i in gt_used]
+        ious[chunk] = mask_iou_pairs(dt_rles, gt_rles, dt_index, gt_index, crowd[chunk])
+    return ious
 
 
-def _match_all(gts, dts, images, category_ids, iou_type, max_det):
-    """Per-image matches, ``(k, a) -> [(scores, tp, fp, num_gt) per image in id order]``."""
-    image_index = {image_id: i for i, image_id in enumerate(sorted(images))}
-    category_index = {cat: k for k, cat in enumerate(category_ids)}
-    keys = sorted(set(gts) | set(dts), key=lambda key: (image_index[key[0]],
-                                                        category_index[key[1]]))
-    per_image = defaultdict(list)
-    for image_id, cat in keys:
-        gt, dt = gts.get((image_id, cat), []), dts.get((image_id, cat), [])
-        scores = np.array([d["score"] for d in dt], np.float64).reshape(-1)  # (D,)
-        order = np.argsort(-scores, kind="stable")[:max_det]  # pycocotools: mergesort
-        dt, scores = [dt[i] for i in order], scores[order]
-        gt_crowd = np.array([bool(g.get("iscrowd", 0)) for g in gt], bool)  # (G,)
-        gt_regions = _regions(gt, iou_type, images[image_id], is_gt=True)
-        dt_regions = _regions(dt, iou_type, images[image_id], is_gt=False)
-        iou_fn = box_iou_xywh if iou_type == "bbox" else mask_iou
-        ious = iou_fn(dt_regions, gt_regions, gt_crowd)  # (D, G)
-        gt_area = np.array([g["area"] for g in gt], np.float64)  # (G,)
-        dt_area = np.array([_dt_area(d) for d in dt], np.float64)  # (D,)
-        for a, area_range in enumerate(AREA_RANGES):
-            tp, fp, num_gt = match_image(ious, gt_area, gt_crowd, dt_area, area_range)
-            per_image[category_index[cat], a].append((scores, tp, fp, num_gt))
-    return per_image
+def _match_all(gt, dt, images, iou_type, num_categories):
+    """Matches of every detection: ``tp, fp (A, T, N)`` and ``num_gt (K, A)``.
+
+    Only groups (image, category) where some pair has IoU >= 0.5 go through
+    ``match_image_ranges``; every other detection matches nothing.
+    """
+    pair_dt, pair_gt = _pairs(dt["group"], gt["group"])  # (P,), (P,)
+    ious = _pair_ious(gt, dt, pair_dt, pair_gt, iou_type, images)  # (P,)
+    low, high = np.array(AREA_RANGES).T[:, :, None]  # (A, 1) each
+    dt_area = np.array([_dt_area(d) for d in dt["dets"]], np.float64).reshape(-1)  # (N,)
+    outside = (dt_area < low) | (dt_area > high)  # (A, N)
+    tp = np.zeros((len(AREA_RANGES), len(IOU_THRESHOLDS), len(dt_area)), bool)  # (A, T, N)
+    fp = np.repeat(~outside[:, None, :], len(IOU_THRESHOLDS), axis=1)  # (A, T, N)
+    groups = np.unique(dt["group"][pair_dt[ious >= IOU_THRESHOLDS[0]]])  # groups that can match
+    dt_bounds = np.searchsorted(dt["group"], [groups, groups + 1])  # (2, groups)
+    gt_bounds = np.searchsorted(gt["group"], [groups, groups + 1])  # (2, groups)
+    pair_first = np.searchsorted(pair_dt, dt_bounds[0])  # (groups,)
+    for (d0, d1), (g0, g1), p0 in zip(dt_bounds.T, gt_bounds.T, pair_first, strict=True):
+        block = ious[p0:p0 + (d1 - d0) * (g1 - g0)].reshape(d1 - d0, g1 - g0)  # (D_g, G_g)
+        tp[:, :, d0:d1], fp[:, :, d0:d1], _ = match_image_ranges(
+            block, gt["area"][g0:g1], gt["crowd"][g0:g1], dt_area[d0:d1])
+    gt_ignore = gt["crowd"] | (gt["area"] < low) | (gt["area"] > high)  # (A, G)
+    num_gt = np.stack([np.bincount(gt["group"][~ignore] % num_categories,
+                                   minlength=num_categories) for ignore in gt_ignore], 1)
+    return tp, fp, num_gt  # num_gt (K, A)
 
 
 def _mean_present(values):
