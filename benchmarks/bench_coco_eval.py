@@ -3,6 +3,7 @@
     python benchmarks/bench_coco_eval.py --case small     # 300 images, ~3,000 gt, 30,000 dets
     python benchmarks/bench_coco_eval.py --case coco      # 5,000 images, 100 dets each
     python benchmarks/bench_coco_eval.py --case coco --iou_types bbox
+    python benchmarks/bench_coco_eval.py --case tiny      # 20 images: a check in seconds
 
 A synthetic case, the same for a given ``--seed``: 480x640 images; ground truth as polygons
 (8-12 vertices around an ellipse) of three size classes (small, medium, large, in about COCO's

@@ -40,8 +40,7 @@ def _last_best(values):
     """Index of the largest along the last axis, the last one on ties, and whether it is
     finite: ``(..., G)`` -> ``(...)``, ``(...)``."""
     index = values.shape[-1] - 1 - np.argmax(values[..., ::-1], axis=-1)  # (...)
-    best = np.take_along_axis(values, index[..., None], axis=-1)[..., 0]  # (...)
-    return index, np.isfinite(best)
+    return index, np.isfinite(np.max(values, axis=-1))  # (...), (...)
 
 
 def match_image(ious, gt_area, gt_crowd, dt_area, area_range):
@@ -97,7 +96,7 @@ def match_image_ranges(ious, gt_area, gt_crowd, dt_area, area_ranges=AREA_RANGES
         found = has_regular | has_ignored  # (A, T)
         gt_taken[rows[0][found], rows[1][found], best[found]] = True
         matched[:, :, d] = found
-        dt_ignore[:, :, d] = found & np.take_along_axis(gt_ignore, best, axis=1)
+        dt_ignore[:, :, d] = found & gt_ignore[rows[0], best]
     outside = (dt_area < low) | (dt_area > high)  # (A, D)
     dt_ignore |= ~matched & outside[:, None, :]
     return matched & ~dt_ignore, ~matched & ~dt_ignore, np.sum(~gt_ignore, axis=1)
