@@ -86,13 +86,7 @@ def roi_align_flat(
     out_h, out_w = output_size
     r = boxes.shape[0]
     scale = jnp.broadcast_to(jnp.asarray(spatial_scale, jnp.float32), (r,))
-    offset = 0.5 if aligned else 0.0
-    x1 = boxes[:, 0] * scale - offset  # (R,)
-    y1 = boxes[:, 1] * scale - offset
-    roi_w = boxes[:, 2] * scale - offset - x1
-    roi_h = boxes[:, 3] * scale - offset - y1
-    if not aligned:  # torchvision's legacy mode: RoIs are at least one cell
-        roi_w, roi_h = jnp.maximum(roi_w, 1.0), jnp.maximum(roi_h, 1.0)
+    x1, y1, roi_w, roi_h = _scaled_rois(boxes, scale, aligned)
     y_idx, y_w = _axis_samples(y1, roi_h, out_h, sampling_ratio, height)  # (R, oh, 2s)
     x_idx, x_w = _axis_samples(x1, roi_w, out_w, sampling_ratio, width)  # (R, ow, 2s)
     rows = base[:, None, None] + y_idx * width[:, None, None]  # (R, oh, 2s) flat row starts
@@ -110,6 +104,59 @@ def roi_align_flat(
             term = flat_features.at[index].get(mode="promise_in_bounds") * weight[..., None]
             pooled = term if pooled is None else pooled + term  # (R, oh, ow, C)
     return pooled
+
+
+def _scaled_rois(boxes, scale, aligned):
+    """Each box's start and length on the feature map: ``(x1, y1, roi_w, roi_h)``, each (R,)."""
+    offset = 0.5 if aligned else 0.0
+    x1 = boxes[:, 0] * scale - offset  # (R,)
+    y1 = boxes[:, 1] * scale - offset
+    roi_w = boxes[:, 2] * scale - offset - x1
+    roi_h = boxes[:, 3] * scale - offset - y1
+    if not aligned:  # torchvision's legacy mode: RoIs are at least one cell
+        roi_w, roi_h = jnp.maximum(roi_w, 1.0), jnp.maximum(roi_h, 1.0)
+    return x1, y1, roi_w, roi_h
+
+
+def _axis_matrix(index, weight, size):
+    """``(R, out, size)`` interpolation matrix of one axis from its taps ``(R, out, 2s)``."""
+    cells = jnp.arange(size, dtype=index.dtype)  # (size,)
+    return jnp.sum(weight[..., None] * (index[..., None] == cells), axis=-2)
+
+
+def roi_align_dense(features, boxes, spatial_scale, output_size, sampling_ratio, aligned,
+                    use=None):
+    """RoIAlign of one image's map as two matrix products (for small maps).
+
+    The same numbers as :func:`roi_align_flat` up to summation order: bilinear weights and the
+    in-map test are separable, so ``pooled[r] = Ay[r] @ F @ Ax[r]^T`` per channel, with
+    ``Ay (R, oh, H)`` and ``Ax (R, ow, W)`` the row and column interpolation matrices (the
+    ``2s`` taps of each bin, averaged). Its backward pass is two more matrix products instead
+    of the gather's scatter-adds, which is what made RoIAlign the costliest part of a CPU
+    training step; its work grows with ``H * W`` per box, so it suits small maps only
+    (``poolers.multiscale_roi_align`` chooses).
+
+    Args:
+      features: ``(H, W, C)`` one image's map.
+      boxes: ``(R, 4)`` xyxy in input-image pixels; spatial_scale: scalar.
+      output_size, sampling_ratio, aligned: as in :func:`roi_align`.
+      use: optional ``(R,)`` booleans; boxes with False get zeros (another level's boxes).
+    Returns:
+      ``(R, oh, ow, C)``.
+    """
+    h, w, _ = features.shape
+    out_h, out_w = output_size
+    r = boxes.shape[0]
+    scale = jnp.broadcast_to(jnp.asarray(spatial_scale, jnp.float32), (r,))
+    x1, y1, roi_w, roi_h = _scaled_rois(boxes, scale, aligned)
+    y_idx, y_w = _axis_samples(y1, roi_h, out_h, sampling_ratio, jnp.full((r,), h))
+    x_idx, x_w = _axis_samples(x1, roi_w, out_w, sampling_ratio, jnp.full((r,), w))
+    if use is not None:
+        y_w = y_w * use[:, None, None]
+    ay = _axis_matrix(y_idx, y_w, h).astype(features.dtype)  # (R, oh, H)
+    ax = _axis_matrix(x_idx, x_w, w).astype(features.dtype)  # (R, ow, W)
+    rows = jnp.einsum("rih,hwc->riwc", ay, features)  # (R, oh, W, C)
+    return jnp.einsum("rjw,riwc->rijc", ax, rows)  # (R, oh, ow, C)
 
 
 def _check_roi_align_args(features, boxes, batch_indices, output_size, sampling_ratio):

@@ -171,9 +171,11 @@ def test_parameters_after_five_steps_agree(case):
                         strict=True):
         moved = np.linalg.norm(a - p0)  # what five steps changed in this tensor
         # float32 rounding of the values, and GroupNorm biases that barely move (their
-        # gradients cancel; moved ~1e-6, apart ~1e-8-1e-7)
+        # gradients cancel; moved ~1e-6, apart ~1e-8-1e-7). 2e-3 of what moved: RoIAlign by
+        # matrix products (poolers.DENSE_MAX_CELLS) sums in another order on a device holding
+        # 1 image than on one holding 8; measured 2026-12-05 at most 1.02e-3 (one tensor).
         floor = 1e-6 * np.linalg.norm(a) + 2e-7
-        assert np.linalg.norm(b - a) <= 1e-3 * moved + floor, (moved, np.linalg.norm(b - a))
+        assert np.linalg.norm(b - a) <= 2e-3 * moved + floor, (moved, np.linalg.norm(b - a))
     np.testing.assert_allclose([t["loss"] for t in meta["terms_8"]],
                                [t["loss"] for t in meta["terms_1"]], rtol=1e-4)
     losses = [t["loss"] for t in meta["terms_1"]]
