@@ -5,6 +5,7 @@ import pathlib
 
 import hypothesis.extra.numpy as hnp
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -200,3 +201,35 @@ def test_rejects_inconsistent_levels():
 def test_infer_scale_rejects_unequal_axes():
     with pytest.raises(ValueError, match=r"feature map \(100, 66\) is not a power-of-two scale"):
         infer_scale((100, 66), (800, 1056))
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("size", [(7, 7), (14, 14)])
+def test_dense_pooling_equals_the_gather_values_and_gradients(aligned, size):
+    """The matrix-product RoIAlign (small maps, one image) against the flat gather, on boxes
+    of every level, partly or wholly outside the image, tiny and huge."""
+    rng = np.random.default_rng(3)
+    maps = [jnp.asarray(rng.normal(size=(1, s, s, 16)).astype(np.float32))
+            for s in (32, 16, 8, 4)]
+    corner = rng.uniform(-20, 140, (60, 2))
+    boxes = jnp.asarray(np.concatenate([corner, corner + rng.uniform(0.1, 120, (60, 2))], 1),
+                        jnp.float32)
+    zeros = jnp.zeros(60, jnp.int32)
+
+    def pooled(features, method):
+        return multiscale_roi_align(features, boxes, zeros, (128, 128), size, 2, aligned,
+                                    method=method)
+
+    gather, dense = pooled(maps, "gather"), pooled(maps, "dense")
+    assert float(jnp.max(jnp.abs(gather))) > 1.0  # not all zeros
+    np.testing.assert_allclose(dense, gather, atol=2e-6)
+    np.testing.assert_allclose(pooled(maps, "auto"), dense, atol=0)  # small maps: dense
+    grads = [jax.grad(lambda f, m=m: jnp.sum(jnp.sin(pooled(f, m))))(maps)
+             for m in ("gather", "dense")]
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_allclose(b, a, atol=5e-5 * float(jnp.max(jnp.abs(a))) + 1e-6)
+    with pytest.raises(ValueError, match="method must be"):
+        pooled(maps, "matmul")
+    with pytest.raises(ValueError, match="pools one image"):
+        multiscale_roi_align([jnp.concatenate([m, m]) for m in maps], boxes, zeros,
+                             (128, 128), size, method="dense")
