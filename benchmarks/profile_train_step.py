@@ -50,10 +50,7 @@ def stages(model, batch, key):
     heads = model.config.roi_heads
 
     def body(m):
-        cfg = m.config
-        x = (batch["images"].astype(jnp.float32) - jnp.asarray(cfg.pixel_mean) * 255.0) / (
-            jnp.asarray(cfg.pixel_std) * 255.0)
-        return m.body(x)
+        return m.body(m.normalize(batch["images"]))
 
     def fpn(m):
         return m.features(batch["images"])

@@ -51,13 +51,16 @@ class MaskRCNN(nnx.Module):
         if config.dtype != "float32":
             set_compute_dtype(self, config.dtype)
 
-    def features(self, images):
-        """``(B, H, W, 3)`` uint8 (or float 0-255) -> ``[P2, ..., P6]`` NHWC."""
+    def normalize(self, images):
+        """``(B, H, W, 3)`` uint8 (or float 0-255) -> float32 with ImageNet's mean and std."""
         _check_images(images, self.config.image_size)
         mean = jnp.asarray(self.config.pixel_mean) * 255.0
         std = jnp.asarray(self.config.pixel_std) * 255.0
-        x = (images.astype(jnp.float32) - mean) / std  # ImageNet normalisation, inside the model
-        return self.fpn(self.body(x))
+        return (images.astype(jnp.float32) - mean) / std
+
+    def features(self, images):
+        """``(B, H, W, 3)`` uint8 (or float 0-255) -> ``[P2, ..., P6]`` NHWC."""
+        return self.fpn(self.body(self.normalize(images)))  # normalised inside the model
 
     def anchors(self, features):
         """Anchors of all levels ``(A, 4)`` and per-level counts, from static shapes."""

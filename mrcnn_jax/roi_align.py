@@ -22,7 +22,8 @@ Gradients flow through the gathers (scatter-adds), so ``jax.grad`` works with no
 Every index is in range by construction (clamped to the map, out-of-map samples get weight 0).
 
 Multi-level pooling (``poolers.py``) reuses :func:`roi_align_flat` with a different feature map
-per box, all levels concatenated into one flat array, so it costs the same as one level.
+per box, all levels concatenated into one flat array, so it costs the same as one level; for
+small maps it uses :func:`roi_align_dense`, the same weights as two matrix products.
 
 Shape shorthand: ``N`` images, ``H, W, C`` feature map, ``R`` boxes, ``oh, ow`` output size,
 ``s`` sampling ratio, ``T`` rows of a flattened feature map.
