@@ -223,7 +223,7 @@ def test_dense_pooling_equals_the_gather_values_and_gradients(aligned, size):
     gather, dense = pooled(maps, "gather"), pooled(maps, "dense")
     assert float(jnp.max(jnp.abs(gather))) > 1.0  # not all zeros
     np.testing.assert_allclose(dense, gather, atol=2e-6)
-    np.testing.assert_allclose(pooled(maps, "auto"), dense, atol=0)  # small maps: dense
+    np.testing.assert_allclose(pooled(maps, "auto"), dense, atol=1e-7)  # small maps: dense
     grads = [jax.grad(lambda f, m=m: jnp.sum(jnp.sin(pooled(f, m))))(maps)
              for m in ("gather", "dense")]
     for a, b in zip(*grads, strict=True):
