@@ -1,18 +1,19 @@
 """The COCO-format path against the native shapes path: same pictures, same steps, same seed.
 
-    python benchmarks/bench_coco_path.py --steps 600 --num_train 2000 --num_val 300
+    python benchmarks/bench_coco_path.py --steps 300 --num_train 1000 --num_val 200 --seeds 0 1 2
     python benchmarks/bench_coco_path.py --steps 4 --num_train 16 --num_val 8 --image_size 64
 
 Writes the native shapes images (training and held-out) as a COCO folder with polygons
 (``data/shapes_coco.py``; polygons rasterise back to exactly the drawn masks), then trains the
-``shapes_config`` preset for ``--steps`` steps three times with ``python -m mrcnn_jax.train``:
-native data seed 0, COCO-format data seed 0 (through ``prepare_coco``, masks as 112 x 112 crops
-in their boxes, COCO evaluation in original pixels), and native data seed 1 (the noise: what
-another seed alone changes); with ``--with_full_masks`` also COCO-format data seed 0 with
-``--mask_crop 0`` (full-size masks, as the native path stores them), which separates the crop
-from the record order. ``--only NAME ...`` runs some rows (XLA on one CPU is deterministic, so
-rows run apart give the same figures). Prints mask and box AP of each and the differences.
-Fixed steps, so the figures do not depend on how busy the machine is.
+``shapes_config`` preset for ``--steps`` steps with ``python -m mrcnn_jax.train`` once per path
+and seed: ``native`` (the shapes builder), ``coco`` (the COCO folder through ``prepare_coco``,
+masks as 112 x 112 crops in their boxes, COCO evaluation in original pixels) and, with
+``--paths ... coco_full``, the COCO folder with ``--mask_crop 0`` (full-size masks, as the
+native path stores them), which separates the crops from the record order. Prints mask and box
+AP of each run, each path's mean and spread over ``--seeds``, and each path's mean difference
+to native paired by seed with its standard error (the noise it is read against). XLA on one
+CPU is deterministic and the steps are fixed, so figures do not depend on how busy the machine
+is, and a run can be repeated alone.
 """
 
 import argparse
@@ -23,12 +24,14 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from mrcnn_jax.data.shapes_coco import write_shapes_coco  # noqa: E402
 
-ROWS = {"native0": "native, seed 0", "coco0": "COCO format, seed 0",
-        "native1": "native, seed 1", "coco0_full_masks": "COCO, --mask_crop 0"}
+PATHS = {"native": "native", "coco": "COCO format", "coco_full": "COCO, --mask_crop 0"}
+KEYS = ("mask AP", "mask AP50", "box AP", "box AP50")
 
 
 def run(argv, workdir):
@@ -48,10 +51,11 @@ def main(argv=None):
     parser.add_argument("--num_val", type=int, default=300)
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--work", default=None, help="work folder (default: a temporary one)")
-    parser.add_argument("--with_full_masks", action="store_true",
-                        help="add the COCO-format run with --mask_crop 0")
-    parser.add_argument("--only", nargs="+", default=None, choices=sorted(ROWS),
-                        help="run these rows only")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                        help="train each path once per seed (the spread between seeds is the "
+                             "noise the paths' difference is read against)")
+    parser.add_argument("--paths", nargs="+", default=["native", "coco"], choices=sorted(PATHS),
+                        help="coco_full: the COCO-format data with --mask_crop 0")
     args = parser.parse_args(argv)
     work = pathlib.Path(args.work or tempfile.mkdtemp(prefix="bench_coco_path_"))
     folder = work / "shapes_as_coco"
@@ -62,24 +66,33 @@ def main(argv=None):
     native = ["--num_train", str(args.num_train), "--num_val", str(args.num_val)]
     coco = ["--train_annotations", str(train_json), "--train_images", str(folder / "train"),
             "--val_annotations", str(val_json), "--val_images", str(folder / "validation")]
-    argv = {"native0": [*common, *native, "--seed", "0"],
-            "coco0": [*common, *coco, "--seed", "0"],
-            "native1": [*common, *native, "--seed", "1"],
-            "coco0_full_masks": [*common, *coco, "--seed", "0", "--mask_crop", "0"]}
-    chosen = args.only or [r for r in ROWS if r != "coco0_full_masks" or args.with_full_masks]
-    rows = {ROWS[r]: run(argv[r], work / r) for r in chosen}
-    keys = ("mask AP", "mask AP50", "box AP", "box AP50")
+    argv = {"native": [*common, *native], "coco": [*common, *coco],
+            "coco_full": [*common, *coco, "--mask_crop", "0"]}
+    rows = {(path, seed): run([*argv[path], "--seed", str(seed)], work / f"{path}{seed}")
+            for seed in args.seeds for path in args.paths}
     print(f"{args.steps} steps, {args.num_train} training and {args.num_val} held-out "
           f"{args.image_size}px images, shapes_config, batch 8")
-    print(f"{'':22s}" + "".join(f"{k:>11s}" for k in keys) + "    minutes")
-    for name, row in rows.items():
-        print(f"{name:22s}" + "".join(f"{row[k]:11.4f}" for k in keys) + f"{row['minutes']:9.1f}")
-    for name, other in (("COCO - native", "COCO format, seed 0"),
-                        ("COCO full - native", ROWS["coco0_full_masks"]),
-                        ("seed 1 - seed 0", "native, seed 1")):
-        if other in rows and "native, seed 0" in rows:
-            print(f"{name:22s}" + "".join(f"{rows[other][k] - rows['native, seed 0'][k]:+11.4f}"
-                                          for k in keys))
+    print(f"{'':28s}" + "".join(f"{k:>11s}" for k in KEYS) + "    minutes")
+    for (path, seed), row in rows.items():
+        print(f"{PATHS[path] + f', seed {seed}':28s}" + "".join(f"{row[k]:11.4f}" for k in KEYS)
+              + f"{row['minutes']:9.1f}")
+    means = {}
+    for path in args.paths:
+        values = np.array([[rows[path, seed][k] for k in KEYS] for seed in args.seeds])
+        means[path] = values.mean(axis=0)
+        spread = values.std(axis=0, ddof=1) if len(args.seeds) > 1 else np.full(len(KEYS), np.nan)
+        print(f"{PATHS[path] + ', mean':28s}" + "".join(f"{v:11.4f}" for v in means[path]))
+        print(f"{PATHS[path] + ', seed std':28s}" + "".join(f"{v:11.4f}" for v in spread))
+    for path in args.paths:
+        if path != "native" and "native" in args.paths:
+            # paired by seed: the same seed's two runs differ by path and record order
+            diffs = np.array([[rows[path, seed][k] - rows["native", seed][k] for k in KEYS]
+                              for seed in args.seeds])
+            print(f"{PATHS[path] + ' - native':28s}" + "".join(f"{v:+11.4f}"
+                                                               for v in diffs.mean(axis=0)))
+            if len(args.seeds) > 1:  # standard error of that mean difference
+                error = diffs.std(axis=0, ddof=1) / np.sqrt(len(args.seeds))
+                print(f"{'  its standard error':28s}" + "".join(f"{v:11.4f}" for v in error))
 
 
 if __name__ == "__main__":

@@ -146,14 +146,21 @@ def mask_targets(gt_masks, gt_boxes, rois, matched_gt, image_size, mask_size, sa
     owner = jnp.take_along_axis(gt_boxes, matched_gt[..., None], axis=1)  # (B, R, 4)
     if (hm, wm) == tuple(image_size):  # full masks: the frame is the image
         frame = jnp.broadcast_to(jnp.asarray([0.0, 0.0, wm, hm]), owner.shape)
+        crop_aligned = aligned
     else:  # cropped masks: the frame is the ground-truth box
         frame = owner
+        # A crop cell's value sits at its centre (``crop_masks``). ``aligned=True`` reads the
+        # frame that way; ``aligned=False`` reads an image pixel's value at its top-left corner,
+        # i.e. half an *image* pixel off. Shift the RoIs by that half pixel and read the crop
+        # aligned, so that crops give the targets full masks give (not half a crop pixel off).
+        rois = rois if aligned else rois + 0.5
+        crop_aligned = True
     size = jnp.maximum(frame[..., 2:] - frame[..., :2], 1e-3)  # (B, R, 2) never 0: no inf
     scale = jnp.asarray([wm, hm], jnp.float32) / size  # (B, R, 2) mask pixels per image px
     local = (rois - jnp.tile(frame[..., :2], 2)) * jnp.tile(scale, 2)  # (B, R, 4)
     masks = gt_masks[..., None].astype(jnp.float32)  # (B, G, Hm, Wm, 1)
     cut = lambda m, boxes, index: roi_align(m, boxes, index, (mask_size, mask_size), 1.0,
-                                            sampling_ratio, aligned)[..., 0]  # (R, M, M)
+                                            sampling_ratio, crop_aligned)[..., 0]  # (R, M, M)
     # per image (vmap), so a batch sharded over devices gathers only its own masks
     targets = jax.lax.stop_gradient(jax.vmap(cut)(masks, local, matched_gt))  # (B, R, M, M)
     return (targets >= 0.5).astype(jnp.float32) if binary else targets

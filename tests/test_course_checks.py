@@ -155,11 +155,14 @@ def sol_sample_balanced(key, labels, num_samples, positive_fraction):
 
 
 def sol_mask_targets(gt_masks, gt_boxes, rois, matched_gt, image_size, mask_size,
-                     sampling_ratio, binary=False, aligned=False):
+                     sampling_ratio, binary=False, aligned=False, _shift_crops=True):
     b, g, hm, wm = gt_masks.shape
     owner = jnp.take_along_axis(gt_boxes, matched_gt[..., None], axis=1)
+    cut_aligned = aligned
     if (hm, wm) == tuple(image_size):
         frame = jnp.broadcast_to(jnp.array([0.0, 0.0, wm, hm]), owner.shape)
+    elif _shift_crops:  # a crop cell's value sits at its centre
+        frame, rois, cut_aligned = owner, rois if aligned else rois + 0.5, True
     else:
         frame = owner
     size = jnp.maximum(frame[..., 2:] - frame[..., :2], 1e-3)
@@ -167,7 +170,7 @@ def sol_mask_targets(gt_masks, gt_boxes, rois, matched_gt, image_size, mask_size
     local = (rois - jnp.tile(frame[..., :2], 2)) * jnp.tile(scale, 2)
     images = (jnp.arange(b)[:, None] * g + matched_gt).reshape(-1)
     out = sol_roi_align(gt_masks.reshape(b * g, hm, wm, 1), local.reshape(-1, 4), images,
-                        (mask_size, mask_size), 1.0, sampling_ratio, aligned)
+                        (mask_size, mask_size), 1.0, sampling_ratio, cut_aligned)
     out = out.reshape(b, -1, mask_size, mask_size)
     return (out >= 0.5).astype(jnp.float32) if binary else out
 
@@ -482,6 +485,12 @@ def wrong_mask_targets_binary(gt_masks, gt_boxes, rois, matched_gt, image_size, 
                             sampling_ratio, True, aligned)
 
 
+def wrong_mask_targets_crop_unshifted(gt_masks, gt_boxes, rois, matched_gt, image_size,
+                                      mask_size, sampling_ratio, binary=False, aligned=False):
+    return sol_mask_targets(gt_masks, gt_boxes, rois, matched_gt, image_size, mask_size,
+                            sampling_ratio, binary, aligned, _shift_crops=False)
+
+
 def wrong_mask_targets_by_roi(gt_masks, gt_boxes, rois, matched_gt, image_size, mask_size,
                               sampling_ratio, binary=False, aligned=False):
     g = gt_boxes.shape[1]
@@ -705,7 +714,8 @@ CASES = {
         (wrong_sampler_fixed_negatives, "negatives fill the rest"),
         (wrong_sampler_ignored_as_negative, "ignored anchors are never sampled")]),
     "mask_targets": (sol_mask_targets, [(wrong_mask_targets_binary, "targets are soft"),
-                                        (wrong_mask_targets_by_roi, "*its matched* ground")]),
+                                        (wrong_mask_targets_by_roi, "*its matched* ground"),
+                                        (wrong_mask_targets_crop_unshifted, "rois + 0.5")]),
     "smooth_l1": (sol_smooth_l1, [(wrong_smooth_l1_nan_grad, "handle beta == 0"),
                                   (wrong_smooth_l1_no_beta, "divide by beta")]),
     "rpn_losses": (sol_rpn_losses, [(wrong_rpn_unmasked, "*sampled* anchors only"),

@@ -15,6 +15,7 @@ import numpy as np
 
 from mrcnn_jax.course.boxes import random_boxes
 from mrcnn_jax.course.core import call, call_jit, compare, describe_inputs, exercise
+from mrcnn_jax.roi_align import roi_align
 from mrcnn_jax.roi_heads import mask_targets as _package_mask_targets
 
 oracle_mask_targets = jax.jit(_package_mask_targets, static_argnames=(
@@ -41,7 +42,13 @@ def _mistakes(args, kwargs):
         return np.asarray(oracle_mask_targets(**merged))
 
     r, g = rois.shape[1], boxes.shape[1]
-    return (
+    cropped = tuple(masks.shape[2:]) != tuple(args[4])
+    unshifted = ()
+    if cropped and not kwargs.get("aligned", False):
+        unshifted = (("a crop cell's value sits at its centre: with aligned=False shift the RoIs "
+                      "by half an image pixel (rois + 0.5) and cut the crop with aligned=True",
+                      lambda: _unshifted_crop_targets(args, kwargs)),)
+    return unshifted + (
         ("torchvision's targets are soft (the RoIAlign average); threshold at 0.5 only when "
          "binary=True", lambda: oracle(binary=not kwargs.get("binary", False))),
         ("each RoI takes the mask of *its matched* ground truth: gt_masks[b, matched_gt[b, r]]",
@@ -49,6 +56,22 @@ def _mistakes(args, kwargs):
         ("aligned=True cuts with the half-pixel shift (roi_align(..., aligned=True)); "
          "aligned=False without", lambda: oracle(aligned=not kwargs.get("aligned", False))),
     )
+
+
+def _unshifted_crop_targets(args, kwargs):
+    """The common mistake on cropped masks: RoIs mapped into the crop and cut with
+    ``aligned=False``, half an image pixel off what full masks give."""
+    masks, boxes, rois, matched, _, size, ratio = args
+    owner = np.take_along_axis(np.asarray(boxes), np.asarray(matched)[..., None], axis=1)
+    scale = np.float32(masks.shape[3:1:-1]) / np.maximum(owner[..., 2:] - owner[..., :2], 1e-3)
+    local = (np.asarray(rois) - np.tile(owner[..., :2], 2)) * np.tile(scale, 2)
+    b, g = masks.shape[:2]
+    which = (np.arange(b)[:, None] * g + np.asarray(matched)).reshape(-1)
+    cut = roi_align(np.asarray(masks, np.float32).reshape(b * g, *masks.shape[2:], 1),
+                    local.reshape(-1, 4).astype(np.float32), which, (size, size), 1.0, ratio,
+                    False)
+    targets = np.asarray(cut).reshape(b, -1, size, size)
+    return (targets >= 0.5).astype(np.float32) if kwargs.get("binary") else targets
 
 
 @exercise("mask_targets")
