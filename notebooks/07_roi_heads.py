@@ -624,7 +624,9 @@ print({k: float(v) for k, v in box_losses(class_logits, box_deltas, empty, heads
 # binary=False, aligned=False) -> (B, R, M, M)` as `mrcnn_jax.roi_heads.mask_targets`: each RoI's
 # *matched* ground-truth mask cut out at `M x M` with `mrcnn_jax.roi_align`. Full-image masks
 # (`(Hm, Wm) == image_size`) are cut at the RoI itself; masks cropped to their ground-truth box
-# need the RoI in that crop's coordinates first. Soft targets unless `binary`.
+# need the RoI in that crop's coordinates first, and a crop cell's value sits at the cell's centre
+# (as with `aligned=True`), so with `aligned=False` shift the RoI by half an image pixel and read the
+# crop aligned: the targets then match the full mask's. Soft targets unless `binary`.
 
 # %%
 from mrcnn_jax.course import check_mask_targets
@@ -637,14 +639,17 @@ def your_mask_targets(gt_masks, gt_boxes, rois, matched_gt, image_size, mask_siz
     owner = jnp.take_along_axis(gt_boxes, matched_gt[..., None], axis=1)  # (B, R, 4)
     if (hm, wm) == tuple(image_size):  # full-image masks: the frame is the image
         frame = jnp.broadcast_to(jnp.array([0.0, 0.0, wm, hm]), owner.shape)
-    else:  # cropped masks: the frame is the ground-truth box
+        crop_aligned = aligned
+    else:  # cropped masks: the frame is the ground-truth box, each cell's value at its centre
         frame = owner
+        rois = rois if aligned else rois + 0.5  # read where aligned=False reads a full mask
+        crop_aligned = True
     scale = jnp.array([wm, hm], jnp.float32) / jnp.maximum(frame[..., 2:] - frame[..., :2], 1e-3)
     local = (rois - jnp.tile(frame[..., :2], 2)) * jnp.tile(scale, 2)  # (B, R, 4) mask pixels
     which = (jnp.arange(b)[:, None] * g + matched_gt).reshape(-1)  # (B * R,)
     cut = mrcnn_jax.roi_align(jnp.asarray(gt_masks, jnp.float32).reshape(b * g, hm, wm, 1),
                               local.reshape(-1, 4), which, (mask_size, mask_size), 1.0,
-                              sampling_ratio, aligned)  # (B * R, M, M, 1)
+                              sampling_ratio, crop_aligned)  # (B * R, M, M, 1)
     targets = cut.reshape(b, -1, mask_size, mask_size)
     return (targets >= 0.5).astype(jnp.float32) if binary else targets
     # END SOLUTION
