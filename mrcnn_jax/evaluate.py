@@ -3,6 +3,7 @@
     python -m mrcnn_jax.evaluate --workdir outputs/shapes            # latest checkpoint there
     python -m mrcnn_jax.evaluate --workdir outputs/shapes --num_val 500 --out results.json
     python -m mrcnn_jax.evaluate --workdir outputs/coco --annotations val.json --images val/
+    python -m mrcnn_jax.evaluate --workdir outputs/shapes --paste_rule exact   # detectron2's paste
 
 Runs the jitted network over the split in fixed-size batches (no shuffling, no flips), turns
 detections and ground truth into COCO dicts, scores them with the project's own
@@ -40,6 +41,7 @@ Shape shorthand: ``B`` batch, ``D`` detections, ``G`` ground-truth slots, ``H, W
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import pathlib
@@ -57,6 +59,7 @@ from mrcnn_jax.evaluate_coco import (
 )
 from mrcnn_jax.evaluation import STAT_NAMES, coco_evaluate, detections_to_coco, print_table
 from mrcnn_jax.inference import predict
+from mrcnn_jax.paste_masks import PASTE_RULES
 
 
 def full_batch_size(num_images, requested):
@@ -256,6 +259,9 @@ def main(argv=None):
                              "batch size is rounded up to a multiple of it")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                         help="compute dtype (default: the run's)")
+    parser.add_argument("--paste_rule", choices=PASTE_RULES, default=None,
+                        help="how masks are pasted into the image (default: the run's config; "
+                             "'exact' is detectron2's rule, paste_masks.paste_masks)")
     add_distributed_args(parser)
     args = parser.parse_args(argv)
     if (args.annotations is None) != (args.images is None):
@@ -275,6 +281,9 @@ def main(argv=None):
     if args.dtype:
         set_compute_dtype(model, args.dtype)
         model.config = model.config.replace(dtype=args.dtype)
+    if args.paste_rule:
+        model.config = model.config.replace(roi_heads=dataclasses.replace(
+            model.config.roi_heads, paste_rule=args.paste_rule))
     mesh = make_mesh(args.devices)
     replicate(mesh, model)
     n = mesh.devices.size
