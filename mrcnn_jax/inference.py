@@ -27,7 +27,7 @@ def predict_raw(model, images):
     rpn = model.proposals(features, training=False)
     b, p = rpn["proposals"].shape[:2]
     class_logits, box_deltas = model.box_head(model.pool(features, rpn["proposals"],
-                                                         heads.box_roi_size))
+                                                         heads.box_roi_size, "gather"))
     detect = lambda cl, bd, pr, pv: detect_boxes(cl, bd, pr, pv, cfg.image_size, heads)
     out = jax.vmap(detect)(class_logits.reshape(b, p, -1), box_deltas.reshape(b, p, -1, 4),
                            rpn["proposals"], rpn["proposal_valid"])  # each (B, D, ...)
@@ -42,7 +42,7 @@ def mask_probs(model, features, boxes, labels):
     """Mask probabilities ``(B, D, M, M)`` of each box's own class, in the box's frame."""
     heads = model.config.roi_heads
     b, d = boxes.shape[:2]
-    mask_logits = model.mask_head(model.pool(features, boxes, heads.mask_roi_size))
+    mask_logits = model.mask_head(model.pool(features, boxes, heads.mask_roi_size, "gather"))
     return select_mask_channel(mask_logits, labels.reshape(-1)).reshape(
         b, d, heads.mask_size, heads.mask_size)
 

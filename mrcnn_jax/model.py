@@ -72,8 +72,12 @@ class MaskRCNN(nnx.Module):
         counts = [h * w * a for (h, w), a in zip(sizes, per_location, strict=True)]
         return jnp.asarray(anchors), counts
 
-    def pool(self, features, rois, size):
+    def pool(self, features, rois, size, method="auto"):
         """Multi-scale RoIAlign of ``rois (B, R, 4)`` from P2-P5 -> ``(B*R, size, size, F)``.
+
+        ``method`` as in ``poolers.multiscale_roi_align``: ``"auto"`` (the default, for
+        training) takes the dense form on small maps, whose backward pass is faster than the
+        gather's scatter-add; inference passes ``"gather"``, whose forward pass is faster.
 
         Each image pools from its own maps (``vmap`` over images): a gather whose indices may
         reach any image would make XLA all-gather the FPN maps to every device when the
@@ -86,7 +90,7 @@ class MaskRCNN(nnx.Module):
         def one_image(maps, boxes):  # [(H_l, W_l, F)], (R, 4) -> (R, size, size, F)
             return multiscale_roi_align([m[None] for m in maps], boxes, zeros,
                                         self.config.image_size, (size, size),
-                                        heads.sampling_ratio, heads.aligned)
+                                        heads.sampling_ratio, heads.aligned, method)
 
         pooled = jax.vmap(one_image)(features[:4], rois)  # (B, R, size, size, F)
         return pooled.reshape(b * r, *pooled.shape[2:])

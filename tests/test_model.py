@@ -108,3 +108,19 @@ def test_shapes_preset_anchors_cover_most_shapes_by_the_iou_rule():
     assert covered["small"] < 0.45 and covered["shapes"] > 0.85, covered
     model = nnx.eval_shape(lambda: MaskRCNN(shapes_config(), rngs=nnx.Rngs(0)))
     assert model.rpn_head.cls_logits.kernel.shape == (1, 1, 64, 6)  # 2 scales x 3 ratios
+
+
+def test_pool_methods_agree():
+    """``MaskRCNN.pool``: inference's gather and training's dense form (small maps) pool the same
+    values; the dense one is picked by ``"auto"`` for these 32x32-and-smaller levels."""
+    config = shapes_config(image_size=(128, 128))
+    model = MaskRCNN(config, rngs=nnx.Rngs(0))
+    images = np.random.default_rng(0).integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
+    features = model.features(jnp.asarray(images))
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 100, (2, 40, 2))
+    rois = jnp.asarray(np.concatenate([xy, xy + rng.uniform(2, 90, (2, 40, 2))], -1), jnp.float32)
+    pooled = {m: np.asarray(model.pool(features, rois, 7, m)) for m in ("gather", "dense", "auto")}
+    assert np.abs(pooled["gather"]).mean() > 1e-2  # real features, not zeros
+    np.testing.assert_allclose(pooled["dense"], pooled["gather"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(pooled["auto"], pooled["dense"])
