@@ -377,9 +377,9 @@ for name, curve in (("fine-tuned", finetune_curve), ("scratch", scratch_curve)):
 # Fine-tuning starts from features that already separate shapes from background and outline
 # them; only the class layers start from nothing, so it needs fewer steps than training from
 # scratch to reach the same AP. In the full-setting run committed with this notebook: after 100
-# steps the fine-tuned model (mask AP 0.646, box AP 0.688) was already above the from-scratch
-# one after 300 (0.578, 0.574), and after 200 steps (3.3 min: 0.658, 0.734) it was level with
-# the from-scratch one after 600 (9.8 min: 0.672, 0.735), three times the steps and the time.
+# steps the fine-tuned model (mask AP 0.677, box AP 0.684) was already above the from-scratch
+# one after 300 (0.555, 0.576), and after 200 steps (2.0 min: 0.673, 0.741) it was a little above
+# the from-scratch one after 600 (3.7 min: 0.663, 0.735), which took three times the steps.
 # Your run prints its own figures above. How large the gap is on your data depends on how much
 # your images look like the data the weights were trained on: the closer, the larger.
 #
