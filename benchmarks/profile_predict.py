@@ -28,40 +28,20 @@ import numpy as np
 from flax import nnx
 
 from mrcnn_jax.config import resnet50_fpn_config, shapes_config
-from mrcnn_jax.inference import predict, predict_raw
+from mrcnn_jax.inference import detections, predict, predict_raw
 from mrcnn_jax.model import MaskRCNN
 
 
 def stages(images):
     """``name -> fn(model) -> outputs``: inference cut after each stage."""
-    def raw_without_masks(m):
-        out = predict_raw_boxes(m, images)
-        return out
-
     return {
         "body": lambda m: m.body(m.normalize(images)),
         "+ fpn": lambda m: m.features(images),
         "+ proposals": lambda m: m.proposals(m.features(images), training=False)["proposals"],
-        "+ box head, detect": raw_without_masks,
+        "+ box head, detect": lambda m: detections(m, m.features(images)),
         "+ mask head": lambda m: predict_raw(m, images),
         "predict (+ paste)": lambda m: predict(m, images),
     }
-
-
-def predict_raw_boxes(model, images):
-    """``predict_raw`` without the mask head (a config with it switched off is not one we
-    have, so the detections are computed the same way and the masks left out)."""
-    from mrcnn_jax.postprocess import detect_boxes
-
-    cfg, heads = model.config, model.config.roi_heads
-    features = model.features(images)
-    rpn = model.proposals(features, training=False)
-    b, p = rpn["proposals"].shape[:2]
-    class_logits, box_deltas = model.box_head(model.pool(features, rpn["proposals"],
-                                                         heads.box_roi_size, "gather"))
-    detect = lambda cl, bd, pr, pv: detect_boxes(cl, bd, pr, pv, cfg.image_size, heads)
-    return jax.vmap(detect)(class_logits.reshape(b, p, -1), box_deltas.reshape(b, p, -1, 4),
-                            rpn["proposals"], rpn["proposal_valid"])
 
 
 def time_fn(fn, model, repeats):

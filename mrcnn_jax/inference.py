@@ -22,20 +22,27 @@ from mrcnn_jax.postprocess import detect_boxes, select_mask_channel
 def predict_raw(model, images):
     """Detections without the pasted masks: boxes, scores, labels, valid and ``mask_probs``
     ``(B, D, M, M)`` in each box's frame."""
-    cfg, heads = model.config, model.config.roi_heads
+    heads = model.config.roi_heads
     features = model.features(images)
-    rpn = model.proposals(features, training=False)
-    b, p = rpn["proposals"].shape[:2]
-    class_logits, box_deltas = model.box_head(model.pool(features, rpn["proposals"],
-                                                         heads.box_roi_size, "gather"))
-    detect = lambda cl, bd, pr, pv: detect_boxes(cl, bd, pr, pv, cfg.image_size, heads)
-    out = jax.vmap(detect)(class_logits.reshape(b, p, -1), box_deltas.reshape(b, p, -1, 4),
-                           rpn["proposals"], rpn["proposal_valid"])  # each (B, D, ...)
+    out = detections(model, features)  # each (B, D, ...)
     out["mask_probs"] = mask_probs(model, features, out["boxes"], out["labels"])
     if heads.mask_flip_test:
         flipped = mirrored_mask_probs(model, images, out["boxes"], out["labels"])
         out["mask_probs"] = 0.5 * (out["mask_probs"] + flipped)  # (B, D, M, M)
     return out
+
+
+def detections(model, features):
+    """Proposals, the box head on them and postprocessing: ``boxes (B, D, 4)``, ``scores``,
+    ``labels`` and ``valid (B, D)``, best first (no masks)."""
+    cfg, heads = model.config, model.config.roi_heads
+    rpn = model.proposals(features, training=False)
+    b, p = rpn["proposals"].shape[:2]
+    class_logits, box_deltas = model.box_head(model.pool(features, rpn["proposals"],
+                                                         heads.box_roi_size, "gather"))
+    detect = lambda cl, bd, pr, pv: detect_boxes(cl, bd, pr, pv, cfg.image_size, heads)
+    return jax.vmap(detect)(class_logits.reshape(b, p, -1), box_deltas.reshape(b, p, -1, 4),
+                            rpn["proposals"], rpn["proposal_valid"])
 
 
 def mask_probs(model, features, boxes, labels):
