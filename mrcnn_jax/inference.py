@@ -12,8 +12,8 @@ Taught in notebooks/10_inference_and_evaluation.
 """
 
 import jax
-from flax import nnx
 
+from mrcnn_jax import xla_cpu
 from mrcnn_jax.boxes import mirror_boxes
 from mrcnn_jax.paste_masks import paste_masks
 from mrcnn_jax.postprocess import detect_boxes, select_mask_channel
@@ -62,7 +62,7 @@ def mirrored_mask_probs(model, images, boxes, labels):
     return mask_probs(model, features, mirrored, labels)[..., ::-1]
 
 
-@nnx.jit
+@xla_cpu.jit
 def predict(model, images):
     """Detect objects in ``images (B, H, W, 3)`` uint8 at the config's ``image_size``.
 

@@ -33,9 +33,9 @@ import sys
 
 import jax
 import numpy as np
-from flax import nnx
 from PIL import Image
 
+from mrcnn_jax import xla_cpu
 from mrcnn_jax.data.images import IMAGE_EXTENSIONS, read_image
 from mrcnn_jax.evaluation import detections_to_coco
 from mrcnn_jax.inference import predict_raw
@@ -106,7 +106,7 @@ def load_image(path, size):
     return canvas, new
 
 
-detect = nnx.jit(predict_raw)  # boxes, scores, labels, valid, mask_probs (B, D, M, M)
+detect = xla_cpu.jit(predict_raw)  # boxes, scores, labels, valid, mask_probs (B, D, M, M)
 _paste = jax.jit(paste_masks, static_argnums=(2, 3))
 
 

@@ -23,7 +23,6 @@ by one process.
 Taught in notebooks/09_training.
 """
 
-import functools
 import socket
 import sys
 import time
@@ -33,6 +32,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mrcnn_jax import xla_cpu
 from mrcnn_jax.training import apply_step, check_batch
 
 DATA_AXIS = "data"
@@ -106,7 +106,7 @@ def _constrain(mesh, *objects):
                                      state))
 
 
-@functools.partial(nnx.jit, donate_argnums=(0, 1), static_argnums=(4, 5))
+@xla_cpu.jit(objects=2, mutable=True, static_argnums=(2, 3))
 def _sharded_step(model, optimizer, batch, key, mesh, with_grads):
     out = apply_step(model, optimizer, batch, key, with_grads)
     _constrain(mesh, model, optimizer)  # updated state stays replicated, never resharded

@@ -4,8 +4,9 @@ Mask R-CNN section 3.1: ``L = L_cls + L_box + L_mask`` for the heads, plus the R
 and box terms (trained jointly, torchvision's "approximate joint training": no gradient flows
 through the proposal boxes). Each term is reported separately.
 
-``train_step`` is one ``nnx.jit``: forward, losses, gradients, optimizer update; it retraces
-only when the batch's shapes or dtypes change. Randomness is explicit: pass
+``train_step`` is one jitted call (``xla_cpu.jit``: ``nnx.jit``'s job, with the package's XLA:CPU
+options): forward, losses, gradients, optimizer update; it retraces only when the batch's shapes
+or dtypes change. Randomness is explicit: pass
 ``jax.random.fold_in(base_key, step)``.
 
 Shape shorthand and batch keys: see ``model.py``.
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from mrcnn_jax import xla_cpu
 from mrcnn_jax.roi_heads import box_losses, mask_loss
 from mrcnn_jax.rpn import rpn_losses
 from mrcnn_jax.schedule import scale_by_warmup_cosine
@@ -99,13 +101,13 @@ def apply_step(model, optimizer, batch, key, with_grads=False):
     return (terms, grads) if with_grads else terms
 
 
-@nnx.jit(donate_argnums=(0, 1))
+@xla_cpu.jit(objects=2, mutable=True)
 def train_step(model, optimizer, batch, key):
     """One optimisation step; returns the loss terms, ``loss`` and ``grad_norm``."""
     return apply_step(model, optimizer, batch, key)
 
 
-@nnx.jit
+@xla_cpu.jit
 def eval_losses(model, batch, key):
     """The same loss terms without an update (validation loss)."""
     return loss_fn(model, batch, key)[1]

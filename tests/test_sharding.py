@@ -176,8 +176,11 @@ def test_parameters_after_five_steps_agree(case):
         # 1 image than on one holding 8; measured 2026-12-05 at most 1.02e-3 (one tensor).
         floor = 1e-6 * np.linalg.norm(a) + 2e-7
         assert np.linalg.norm(b - a) <= 2e-3 * moved + floor, (moved, np.linalg.norm(b - a))
+    # the fifth step's loss: 1.2e-4 apart measured with XLA's Eigen convolutions
+    # (xla_cpu.CPU_OPTIONS), under 1e-4 before (YNNPACK); float32 sums in another order over
+    # 5 steps
     np.testing.assert_allclose([t["loss"] for t in meta["terms_8"]],
-                               [t["loss"] for t in meta["terms_1"]], rtol=1e-4)
+                               [t["loss"] for t in meta["terms_1"]], rtol=3e-4)
     losses = [t["loss"] for t in meta["terms_1"]]
     assert len(set(losses)) == STEPS  # the steps really differ
 

@@ -52,9 +52,11 @@ def test_short_run_reaches_recorded_loss_bound(runs):
     metrics = _metrics(straight)
     first = np.mean([m["loss"] for m in metrics[:5]])
     last = np.mean([m["loss"] for m in metrics[-5:]])
-    # recorded 2026-11-24: first ~3.0, last ~1.3 on this tiny setting; bounds leave margin
+    # recorded 2026-11-24: first ~3.0, last ~1.3 on this tiny setting; 2026-12-05 (the preset's
+    # later changes): first 3.96, last 1.95 with YNNPACK's convolutions, 2.00 with XLA's own
+    # (xla_cpu.CPU_OPTIONS), the same curve within step-to-step noise; bounds leave margin
     assert last < 0.7 * first, (first, last)
-    assert last < 2.0
+    assert last < 2.4
     assert "val" in metrics[-1] and np.isfinite(metrics[-1]["val"]["loss"])
 
 

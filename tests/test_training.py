@@ -119,8 +119,10 @@ def test_predict_pastes_masks_by_the_configured_rule(trained, rule):
     finally:
         model.config = original
     expected = np.asarray(paste_masks(raw["mask_probs"][0], raw["boxes"][0], (SIZE, SIZE), rule))
+    # predict_raw runs op by op here, predict as one compiled program (other convolution
+    # kernels, xla_cpu.CPU_OPTIONS): mask probabilities differ by up to ~1e-5
     np.testing.assert_allclose(out["masks"][0], expected * raw["valid"][0][:, None, None],
-                               atol=1e-5)
+                               atol=5e-5)
     assert (out["masks"][0][raw["valid"][0]] > 0.5).any()
 
 
