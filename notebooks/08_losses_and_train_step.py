@@ -21,7 +21,7 @@
 # **You will learn**
 # - the five terms of Mask R-CNN's loss (RPN objectness and box, box classifier and regression,
 #   mask), what each should be at initialisation, and how they add up;
-# - one jitted training step, `mrcnn_jax.training.train_step` (`nnx.jit`, SGD with momentum,
+# - one jitted training step, `mrcnn_jax.training.train_step` (one jit, SGD with momentum,
 #   weight decay, warm-up and gradient clipping from `make_optimizer`);
 # - what `nnx.jit` does for you: the same step as a **pure function** of `(params, opt_state)`
 #   with `nnx.split` / `nnx.merge` under plain `jax.jit`, and a check that both agree;
@@ -66,7 +66,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mrcnn_jax import plotting
+from mrcnn_jax import plotting, xla_cpu
 from mrcnn_jax.config import small_config
 from mrcnn_jax.data import make_loader, shapes_source
 from mrcnn_jax.losses import binary_cross_entropy_with_logits, smooth_l1
@@ -216,7 +216,7 @@ schedule = optax.linear_schedule(0.02 * 0.001, 0.02, WARMUP)  # the same schedul
 print("learning rate at steps 0..6:", [round(float(schedule(s)), 5) for s in range(7)])
 
 # %% [markdown]
-# `train_step(model, optimizer, batch, key)` is one `nnx.jit`: forward, the five terms,
+# `train_step(model, optimizer, batch, key)` is one jitted call: forward, the five terms,
 # gradients with respect to the `nnx.Param` state, the optimizer update, all in one compiled
 # program. It updates `model` and `optimizer` in place and returns the terms (evaluated at the
 # parameters *before* the update) and the gradient norm. Before calling it we keep a copy of the
@@ -275,7 +275,9 @@ def pure_train_step(params, rest, opt_state, batch, key):
     return params, opt_state, terms
 
 
-pure_train_step = jax.jit(pure_train_step)
+# the XLA:CPU options train_step compiles with (end of this section), so both use the same kernels
+pure_train_step = jax.jit(
+    pure_train_step, compiler_options=xla_cpu.compiler_options(jax.default_backend()))
 opt_state = tx.init(start_params)  # what nnx.Optimizer holds before its first update
 start = time.perf_counter()
 pure_params, pure_opt_state, pure0 = jax.block_until_ready(
@@ -301,7 +303,9 @@ print("pure jax.jit step == nnx.jit train_step")
 
 # %% [markdown]
 # That is all `nnx.jit` and `nnx.Optimizer` do: split the module into arrays on the way in,
-# merge them back and write the new values into the Python objects on the way out.
+# merge them back and write the new values into the Python objects on the way out. `train_step`
+# does exactly this itself (`mrcnn_jax.xla_cpu.jit`), because it also passes XLA:CPU compiler
+# options, which `nnx.jit` does not take (`xla_cpu.py` says which and why).
 # `train_step` also **donates** the model and optimizer buffers (`donate_argnums`), so on a GPU or
 # TPU the new parameters can reuse the old ones' memory; the CPU ignores donation.
 #
@@ -412,7 +416,7 @@ plt.show()
 # - The loss is the plain sum of five terms, each a pure function of the forward pass's outputs:
 #   RPN objectness and box, box classifier and regression, mask. At initialisation the two
 #   classification terms sit near `log 2` and `log K`.
-# - `train_step` is one `nnx.jit`: forward, loss, gradients over `nnx.Param`, optimizer update
+# - `train_step` is one jitted call: forward, loss, gradients over `nnx.Param`, optimizer update
 #   (clip at norm 10, weight decay, SGD with momentum, warm-up).
 # - Under it is a pure function: `nnx.split` the model into a `graphdef` and arrays, differentiate
 #   with respect to the parameter arrays, update them with optax, `nnx.merge` to get a module back.

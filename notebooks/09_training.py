@@ -30,7 +30,7 @@
 #   rate that is too high, and what gradient clipping does about them.
 #
 # Compiling on a CPU is the slow part: a new optimizer is a new program for `train_step`
-# (its optax transformation is part of what `nnx.jit` traces), so each run below compiles once.
+# (its optax transformation is part of what the jit traces), so each run below compiles once.
 
 # %%
 # Colab setup: on Colab, fetch this project at the notebooks' revision and install what the

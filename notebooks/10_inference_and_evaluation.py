@@ -295,7 +295,7 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# `predict` is `predict_raw` plus this pasting, in one `nnx.jit`; its masks are ours (zero in
+# `predict` is `predict_raw` plus this pasting, in one jitted call; its masks are ours (zero in
 # padded slots).
 
 # %%
