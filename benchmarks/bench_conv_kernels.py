@@ -94,7 +94,8 @@ def main():
             use_torch = False
     print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}; ms per call, median of "
           f"{args.repeats}")
-    head = "| convolution | fwd default | fwd options | dx default | dx options | dw default | dw options |"
+    head = ("| convolution | fwd default | fwd options | dx default | dx options "
+            "| dw default | dw options |")
     if use_torch:
         head += " torch fwd | torch fwd+bwd |"
     print(head)
