@@ -84,8 +84,15 @@ class Conv2d(nnx.Module):
         self.dtype = None  # compute dtype (bfloat16); None: float32. Weights stay float32.
 
     def __call__(self, x):  # (N, H, W, Cin) -> (N, H', W', Cout)
-        pad = ((self.padding, self.padding), (self.padding, self.padding))
         kernel, bias = _compute(self.dtype, self.kernel[...], self.bias)
+        if kernel.shape[:2] == (1, 1) and self.padding == 0:
+            # A 1x1 convolution is a matrix product over the (strided) cells. As a dot its
+            # kernel gradient needs no transposed copy of the input, which XLA:CPU's
+            # convolution made (benchmarks/README.md, issue 19).
+            x = x[:, ::self.stride, ::self.stride] if self.stride > 1 else x
+            y = _cast(self.dtype, x) @ kernel[0, 0]
+            return y if bias is None else y + bias
+        pad = ((self.padding, self.padding), (self.padding, self.padding))
         y = jax.lax.conv_general_dilated(
             _cast(self.dtype, x), kernel, (self.stride, self.stride), pad,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -96,9 +103,16 @@ class Conv2d(nnx.Module):
 class ConvTranspose2x2(nnx.Module):
     """``torch.nn.ConvTranspose2d(kernel_size=2, stride=2)``: each input cell becomes 2x2.
 
-    With kernel = stride = 2 the output cells never overlap, so it is one einsum:
+    With kernel = stride = 2 the output cells never overlap:
     ``y[n, 2i + a, 2j + b, o] = sum_c x[n, i, j, c] * kernel[a, b, c, o] + bias[o]``.
     torchvision's weight ``(in, out, a, b)`` is this kernel transposed ``(2, 3, 0, 1)``.
+
+    Computed as one matrix product of the cells ``(N*H*W, Cin + 1)``, a column of ones
+    appended, with ``(Cin + 1, 4 * Cout)``: the kernel's four taps side by side and the bias
+    repeated under them, then the ``(a, b)`` taps moved into place. Carrying the bias inside
+    the product makes its gradient part of the kernel's (one matrix product): XLA:CPU summed
+    the bias gradient over the ``(N, 2H, 2W)`` output as a separate reduction that took longer
+    than the convolution itself (``benchmarks/README.md``, issue 19).
     """
 
     def __init__(self, in_channels, out_channels, *, rngs):
@@ -108,10 +122,17 @@ class ConvTranspose2x2(nnx.Module):
         self.dtype = None  # compute dtype, as Conv2d
 
     def __call__(self, x):  # (N, H, W, Cin) -> (N, 2H, 2W, Cout)
-        n, h, w, _ = x.shape
+        n, h, w, c = x.shape
         kernel, bias = _compute(self.dtype, self.kernel[...], self.bias)
-        y = jnp.einsum("nhwc,abco->nhawbo", _cast(self.dtype, x), kernel)  # (N, H, 2, W, 2, Co)
-        return y.reshape(n, 2 * h, 2 * w, -1) + bias
+        out = kernel.shape[-1]
+        cells = _cast(self.dtype, x).reshape(n * h * w, c)
+        cells = jnp.concatenate([cells, jnp.ones((n * h * w, 1), cells.dtype)], axis=1)
+        rows = []
+        for a in range(2):  # output rows 2i + a: (N, H, 1, W * 2 * Cout), b then o innermost
+            taps = kernel[a].transpose(1, 0, 2).reshape(c, 2 * out)  # (Cin, [b, o])
+            weight = jnp.concatenate([taps, jnp.tile(bias, 2)[None]])  # (Cin + 1, 2 * Cout)
+            rows.append((cells @ weight).reshape(n, h, 1, w * 2 * out))
+        return jnp.concatenate(rows, axis=2).reshape(n, 2 * h, 2 * w, out)
 
 
 class FrozenBatchNorm(nnx.Module):
@@ -145,7 +166,25 @@ def make_norm(kind, channels, groups=32, eps=1e-5, zero_init=False, trainable=Tr
 
 
 def max_pool(x, window, stride, padding):
-    """``torch.nn.functional.max_pool2d`` on NHWC with symmetric padding (pads with -inf)."""
-    pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
-                                 (1, stride, stride, 1), pad)
+    """``torch.nn.functional.max_pool2d`` on NHWC with symmetric padding (pads with -inf).
+
+    Separable: the maximum of ``window`` strided row slices, then of ``window`` strided column
+    slices of that. The forward values equal ``lax.reduce_window``'s; the backward pass is a
+    chain of element-wise selects instead of XLA:CPU's ``select_and_scatter``, which took
+    about 5% of the small preset's training step here (benchmarks/README, issue 19). Where
+    several cells of a window hold the same maximum, the gradient is shared between them
+    (``jnp.maximum``'s rule) rather than given to the first one as torch does.
+    """
+    _, h, w, _ = x.shape
+    out_h = (h + 2 * padding - window) // stride + 1
+    out_w = (w + 2 * padding - window) // stride + 1
+    if padding:
+        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+                    constant_values=-jnp.inf)
+    rows = x[:, 0:(out_h - 1) * stride + 1:stride]
+    for a in range(1, window):
+        rows = jnp.maximum(rows, x[:, a:a + (out_h - 1) * stride + 1:stride])
+    out = rows[:, :, 0:(out_w - 1) * stride + 1:stride]
+    for b in range(1, window):
+        out = jnp.maximum(out, rows[:, :, b:b + (out_w - 1) * stride + 1:stride])
+    return out

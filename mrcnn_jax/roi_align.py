@@ -156,8 +156,46 @@ def roi_align_dense(features, boxes, spatial_scale, output_size, sampling_ratio,
         y_w = y_w * use[:, None, None]
     ay = _axis_matrix(y_idx, y_w, h).astype(features.dtype)  # (R, oh, H)
     ax = _axis_matrix(x_idx, x_w, w).astype(features.dtype)  # (R, ow, W)
-    rows = jnp.einsum("rih,hwc->riwc", ay, features)  # (R, oh, W, C)
-    return jnp.einsum("rjw,riwc->rijc", ax, rows)  # (R, oh, ow, C)
+    return _separable_pool(features, ay, ax)
+
+
+@jax.custom_vjp
+def _separable_pool(features, ay, ax):
+    """``pooled[r, i, j] = sum_hw ay[r, i, h] * ax[r, j, w] * features[h, w]``: ``(R, oh, ow, C)``.
+
+    Two products, each written so that XLA:CPU multiplies row-major operands as they lie:
+    ``ay (R*oh, H) @ features (H, W*C)`` gives the rows ``(R, oh, W, C)``, then for every
+    (box, output row) ``ax[r] (ow, W) @ rows[r, i] (W, C)``, with ``ax`` repeated over the
+    output rows. The backward pass (below) does the same with the transposed matrices, made
+    explicitly: left to ``jax.grad``, XLA transposed the ``(R, oh, W, C)`` gradient instead of
+    the small matrices, and those copies cost more than the products (benchmarks/README.md,
+    issue 19). Like torchvision's ``roi_align``, no gradient flows to the boxes (``ay, ax``).
+    """
+    return _separable_pool_fwd(features, ay, ax)[0]
+
+
+def _separable_pool_fwd(features, ay, ax):
+    h, w, c = features.shape
+    r, out_h, _ = ay.shape
+    out_w = ax.shape[1]
+    rows = (ay.reshape(r * out_h, h) @ features.reshape(h, w * c)).reshape(r, out_h, w, c)
+    ax_rows = jnp.broadcast_to(ax[:, None], (r, out_h, out_w, w))  # (R, oh, ow, W)
+    return ax_rows @ rows, (ay, ax)  # (R, oh, ow, C)
+
+
+def _separable_pool_bwd(residuals, grad):  # grad (R, oh, ow, C)
+    ay, ax = residuals
+    r, out_h, h = ay.shape
+    out_w, w = ax.shape[1:]
+    c = grad.shape[-1]
+    ax_t = jnp.broadcast_to(jnp.swapaxes(ax, 1, 2)[:, None], (r, out_h, w, out_w))
+    grad_rows = ax_t @ grad  # (R, oh, W, C)
+    ay_t = ay.reshape(r * out_h, h).T  # (H, R*oh), a small copy
+    grad_features = (ay_t @ grad_rows.reshape(r * out_h, w * c)).reshape(h, w, c)
+    return grad_features, jnp.zeros_like(ay), jnp.zeros_like(ax)
+
+
+_separable_pool.defvjp(_separable_pool_fwd, _separable_pool_bwd)
 
 
 def _check_roi_align_args(features, boxes, batch_indices, output_size, sampling_ratio):
