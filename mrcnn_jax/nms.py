@@ -220,3 +220,74 @@ def batched_nms(boxes, scores, classes, iou_threshold, max_output_size, valid=No
     return _greedy_nms(
         boxes, scores, classes.astype(jnp.int32), candidate, iou_threshold, max_output_size
     )
+
+
+def class_grid_nms(boxes, scores, iou_threshold, max_output_size, valid=None, flat_index=None):
+    """:func:`batched_nms` for the box head's grid of (proposal, class) candidates.
+
+    The same kept boxes as ``batched_nms(boxes.reshape(-1, 4), scores.reshape(-1),
+    classes=column index, ...)``, found without sorting and with per-iteration work of one
+    class column instead of all ``P * C`` candidates. Boxes only suppress boxes of their own
+    class, so the loop keeps, for every class, its best live candidate (``(C,)`` scores and
+    rows); each iteration takes the best of those (ties: the lowest flat index ``p * C + c``,
+    as the stable sort of :func:`batched_nms` orders them), suppresses inside that class
+    column only and finds the column's new best. On R50-FPN at 800x1088 (1,000 proposals x
+    90 classes) the flat loop sorted 90,000 scores and passed over all of them at every one of
+    its 100 iterations (benchmarks/README.md, issue 19).
+
+    The RPN's proposals are such a grid too (rows: the top-n of each level; columns: levels,
+    padded with invalid entries to the longest level), numbered level after level:
+    ``flat_index`` gives each entry's index in that flat order, for ties and the result.
+
+    Args:
+      boxes: ``(P, C, 4)`` xyxy; scores: ``(P, C)``; valid: optional ``(P, C)`` bool.
+      iou_threshold, max_output_size: as in :func:`nms`.
+      flat_index: optional ``(P, C)`` int, distinct over the valid entries and increasing
+        down each column; default ``p * C + c``.
+    Returns:
+      ``indices (K,) int32`` (``flat_index`` of the kept entries) in descending score order,
+      0 where padded, and ``valid (K,) bool``.
+    """
+    boxes, scores = jnp.asarray(boxes, jnp.float32), jnp.asarray(scores, jnp.float32)
+    if boxes.ndim != 3 or boxes.shape[2] != 4 or scores.shape != boxes.shape[:2]:
+        raise ValueError(f"boxes must be (P, C, 4) and scores (P, C) to match; got "
+                         f"{boxes.shape} and {scores.shape}")
+    _check_inputs(boxes.reshape(-1, 4), scores.reshape(-1), max_output_size,
+                  None if valid is None else jnp.reshape(valid, -1))
+    p, c = scores.shape
+    candidate = jnp.ones(scores.shape, bool) if valid is None else jnp.asarray(valid, bool)
+    if flat_index is None:
+        flat_index = jnp.arange(p * c, dtype=jnp.int32).reshape(p, c)
+    if jnp.shape(flat_index) != (p, c):
+        raise ValueError(f"flat_index must be (P, C) = {(p, c)}; got {jnp.shape(flat_index)}")
+    index = jnp.asarray(flat_index, jnp.int32).T  # (C, P)
+    columns = jnp.swapaxes(boxes, 0, 1)  # (C, P, 4)
+    live = jnp.where(candidate, scores, -jnp.inf).T  # (C, P); -inf: kept, suppressed or never
+    column_best = jnp.argmax(live, axis=1).astype(jnp.int32)  # (C,) lowest p among ties
+    column_score = jnp.max(live, axis=1)  # (C,)
+    no_index = jnp.iinfo(jnp.int32).max
+
+    def cond(state):
+        count, _, _, column_score, _ = state
+        return (count < max_output_size) & (jnp.max(column_score) > -jnp.inf)
+
+    def body(state):
+        count, live, column_best, column_score, keep = state
+        top = jnp.max(column_score)
+        at_top = jnp.take_along_axis(index, column_best[:, None], axis=1)[:, 0]  # (C,)
+        cls = jnp.argmin(jnp.where(column_score == top, at_top, no_index))
+        best = column_best[cls]
+        column = columns[cls]  # (P, 4)
+        iou = box_iou(column[best][None], column)[0]  # (P,)
+        row = jnp.where(iou > iou_threshold, -jnp.inf, live[cls]).at[best].set(-jnp.inf)
+        live = live.at[cls].set(row)
+        column_best = column_best.at[cls].set(jnp.argmax(row).astype(jnp.int32))
+        column_score = column_score.at[cls].set(jnp.max(row))
+        keep = keep.at[count].set(index[cls, best])
+        return count + 1, live, column_best, column_score, keep
+
+    start = (jnp.int32(0), live, column_best, column_score,
+             jnp.zeros((max_output_size,), jnp.int32))
+    count, _, _, _, keep = jax.lax.while_loop(cond, body, start)
+    valid_out = jnp.arange(max_output_size) < count  # (K,)
+    return jnp.where(valid_out, keep, 0), valid_out

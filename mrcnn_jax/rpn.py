@@ -16,13 +16,14 @@ Taught in notebooks/06_rpn.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from mrcnn_jax.boxes import box_iou, clip_boxes, decode_boxes, encode_boxes
 from mrcnn_jax.layers import Conv2d
 from mrcnn_jax.losses import binary_cross_entropy_with_logits, smooth_l1
 from mrcnn_jax.matcher import match
-from mrcnn_jax.nms import batched_nms
+from mrcnn_jax.nms import _use_tiled, batched_nms, class_grid_nms
 from mrcnn_jax.sampler import sample_balanced
 
 
@@ -93,6 +94,14 @@ def rpn_losses(logits, deltas, targets, beta):
     }
 
 
+def _level_grid(counts):
+    """``(max(counts), L)`` int32: column ``l`` numbers level ``l``'s candidates in the flat
+    level-after-level order, ``-1`` below its count (a static table)."""
+    starts = np.cumsum([0, *counts[:-1]])
+    rows = np.arange(max(counts))[:, None]
+    return jnp.asarray(np.where(rows < np.asarray(counts), starts + rows, -1), jnp.int32)
+
+
 def select_proposals(logits, deltas, anchors, level_sizes, image_size, cfg, training):
     """Proposals of one image (torchvision ``RegionProposalNetwork.filter_proposals``).
 
@@ -114,11 +123,20 @@ def select_proposals(logits, deltas, anchors, level_sizes, image_size, cfg, trai
         picks.append(top)
         levels.append(jnp.full((k,), level, jnp.int32))
         start += size
+    counts = [len(p) for p in picks]  # static candidates per level
     picks, levels = jnp.concatenate(picks), jnp.concatenate(levels)  # (Nc,)
     boxes = clip_boxes(decode_boxes(deltas[picks], anchors[picks]), image_size)  # (Nc, 4)
     scores = jax.nn.sigmoid(logits[picks])  # (Nc,)
     wide = (boxes[:, 2] - boxes[:, 0] >= cfg.min_size) & (boxes[:, 3] - boxes[:, 1] >= cfg.min_size)
-    keep, valid = batched_nms(boxes, scores, levels, cfg.nms_threshold, post_n,
-                              valid=wide & (scores >= cfg.score_threshold),
-                              algorithm=cfg.nms_algorithm)
+    candidate = wide & (scores >= cfg.score_threshold)
+    if _use_tiled(cfg.nms_algorithm):
+        keep, valid = batched_nms(boxes, scores, levels, cfg.nms_threshold, post_n,
+                                  valid=candidate, algorithm=cfg.nms_algorithm)
+    else:  # CPU: the levels as columns of a grid, one column's work per loop trip
+        grid = _level_grid(counts)  # (max count, L) flat indices, -1 where padded
+        padded = grid < 0
+        at = jnp.maximum(grid, 0)
+        keep, valid = class_grid_nms(
+            boxes[at], jnp.where(padded, 0.0, scores[at]), cfg.nms_threshold, post_n,
+            valid=candidate[at] & ~padded, flat_index=at)
     return boxes[keep], jnp.where(valid, scores[keep], 0.0), valid

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mrcnn_jax import batched_nms, box_iou, nms
+from mrcnn_jax.nms import class_grid_nms
 
 GOLDEN = np.load(pathlib.Path(__file__).parent / "golden" / "geometry.npz")
 N = 16  # fixed box count in property tests, so the jitted NMS compiles once per K
@@ -208,3 +209,43 @@ def test_rejects_wrong_shapes_and_dtypes():
         nms(boxes, scores, 0.5, 4, valid=np.ones(3, bool))
     with pytest.raises(ValueError, match=r"valid must have shape \(N,\) = \(4,\)"):
         batched_nms(boxes, scores, np.zeros(4, np.int32), 0.5, 4, valid=np.ones(1, bool))
+
+
+# class_grid_nms: the box head's (proposal, class) grid, against the flat batched_nms
+GRID_P, GRID_C = 8, 3
+class_grid_nms_jit = jax.jit(class_grid_nms, static_argnames="max_output_size")
+_grid_corners = hnp.arrays(np.float32, (GRID_P, GRID_C, 2), elements=st.floats(0, 40, width=32))
+_grid_sides = hnp.arrays(np.float32, (GRID_P, GRID_C, 2), elements=st.one_of(
+    st.sampled_from([0.0, -2.0]), st.floats(1, 30, width=32)))
+
+
+@PROPERTY
+@given(st.tuples(_grid_corners, _grid_sides),
+       hnp.arrays(np.float32, (GRID_P, GRID_C), elements=st.sampled_from([0.1, 0.2, 0.5, 0.9])),
+       hnp.arrays(np.bool_, (GRID_P, GRID_C)), thresholds, st.sampled_from([3, 24, 30]))
+def test_class_grid_nms_equals_flat_batched_nms(corners_sides, scores, valid, threshold, k):
+    corners, sides = corners_sides
+    boxes = np.concatenate([corners, corners + sides], axis=-1)  # (P, C, 4)
+    classes = np.broadcast_to(np.arange(GRID_C), (GRID_P, GRID_C)).reshape(-1)
+    expected = batched_nms_jit(boxes.reshape(-1, 4), scores.reshape(-1), classes, threshold,
+                               max_output_size=k, valid=valid.reshape(-1))
+    got = class_grid_nms_jit(boxes, scores, threshold, max_output_size=k, valid=valid)
+    np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(expected[1]))
+    np.testing.assert_array_equal(_kept(got), _kept(expected))  # same boxes, same order
+
+
+def test_class_grid_nms_by_hand():
+    # two proposals, two classes: (p, c) flat index p * 2 + c
+    boxes = np.array([[[0, 0, 10, 10], [0, 0, 10, 10]],
+                      [[1, 0, 11, 10], [20, 20, 30, 30]]], np.float32)
+    scores = np.array([[0.9, 0.3], [0.8, 0.3]], np.float32)
+    # class 0: (0,0) 0.9 suppresses (1,0) (IoU 9/11 > 0.5); class 1: both kept, the tie
+    # at 0.3 goes to the lower flat index (0,1) = 1 before (1,1) = 3
+    indices, valid = class_grid_nms_jit(boxes, scores, 0.5, max_output_size=4)
+    np.testing.assert_array_equal(np.asarray(indices), [0, 1, 3, 0])
+    np.testing.assert_array_equal(np.asarray(valid), [True, True, True, False])
+
+
+def test_class_grid_nms_rejects_flat_boxes():
+    with pytest.raises(ValueError, match=r"\(P, C, 4\)"):
+        class_grid_nms(np.zeros((5, 4), np.float32), np.zeros((5,), np.float32), 0.5, 3)
