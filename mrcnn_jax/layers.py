@@ -107,12 +107,13 @@ class ConvTranspose2x2(nnx.Module):
     ``y[n, 2i + a, 2j + b, o] = sum_c x[n, i, j, c] * kernel[a, b, c, o] + bias[o]``.
     torchvision's weight ``(in, out, a, b)`` is this kernel transposed ``(2, 3, 0, 1)``.
 
-    Computed as one matrix product of the cells ``(N*H*W, Cin + 1)``, a column of ones
-    appended, with ``(Cin + 1, 4 * Cout)``: the kernel's four taps side by side and the bias
-    repeated under them, then the ``(a, b)`` taps moved into place. Carrying the bias inside
-    the product makes its gradient part of the kernel's (one matrix product): XLA:CPU summed
-    the bias gradient over the ``(N, 2H, 2W)`` output as a separate reduction that took longer
-    than the convolution itself (``benchmarks/README.md``, issue 19).
+    Computed as two matrix products, one per output row parity ``a``: the cells
+    ``(N*H*W, Cin + 1)``, a column of ones appended, times ``(Cin + 1, 2 * Cout)``, the taps
+    ``b = 0, 1`` side by side with the bias repeated under them. Each product's rows are then
+    whole output rows (``b`` and ``o`` innermost), so placing them is a concatenation of long
+    runs, not a transpose. Carrying the bias inside the products makes its gradient part of the
+    kernel's: XLA:CPU had summed it over the ``(N, 2H, 2W)`` output as a separate reduction
+    that took longer than the products themselves (``benchmarks/README.md``, issue 19).
     """
 
     def __init__(self, in_channels, out_channels, *, rngs):

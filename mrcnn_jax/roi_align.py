@@ -23,7 +23,8 @@ Every index is in range by construction (clamped to the map, out-of-map samples 
 
 Multi-level pooling (``poolers.py``) reuses :func:`roi_align_flat` with a different feature map
 per box, all levels concatenated into one flat array, so it costs the same as one level; for
-small maps it uses :func:`roi_align_dense`, the same weights as two matrix products.
+small maps it uses :func:`roi_align_dense`, the same weights as two matrix products, with its
+own backward pass (matrix products again; no gradient to the boxes, as in torchvision).
 
 Shape shorthand: ``N`` images, ``H, W, C`` feature map, ``R`` boxes, ``oh, ow`` output size,
 ``s`` sampling ratio, ``T`` rows of a flattened feature map.
