@@ -170,17 +170,23 @@ def test_parameters_after_five_steps_agree(case):
     for p0, a, b in zip(init, _leaves(arrays, "params_1"), _leaves(arrays, "params_8"),
                         strict=True):
         moved = np.linalg.norm(a - p0)  # what five steps changed in this tensor
-        # float32 rounding of the values, and GroupNorm biases that barely move (their
-        # gradients cancel; moved ~1e-6, apart ~1e-8-1e-7). 2e-3 of what moved: RoIAlign by
-        # matrix products (poolers.DENSE_MAX_CELLS) sums in another order on a device holding
-        # 1 image than on one holding 8; measured 2026-12-05 at most 1.02e-3 (one tensor).
+        # The first step's gradients agree to float32 rounding (3.6e-7 relative,
+        # test_gradients_match_one_device); training then amplifies that difference, one and
+        # eight devices summing in another order. Relative grad-norm difference per step,
+        # measured 2026-12-06: 6e-8, 9e-7, 7e-5, 9e-4, 3e-3 (0, 6e-7, 5e-5, 3e-5, 8e-4 with the
+        # code before that day's RoIAlign backward); the worst tensor then ends 2.2e-2 of what it
+        # moved apart (GroupNorm scales, the stem kernel), 1.0e-3 before. 0.1 of the movement
+        # leaves room for that growth on another CPU and still fails on a sharding bug: summing
+        # instead of averaging over 8 devices, or a device training on the wrong shard, moves
+        # parameters by several times what they moved. GroupNorm biases that barely move (their
+        # gradients cancel; moved ~1e-6, apart ~1e-8-1e-7) are covered by the floor.
         floor = 1e-6 * np.linalg.norm(a) + 2e-7
-        assert np.linalg.norm(b - a) <= 2e-3 * moved + floor, (moved, np.linalg.norm(b - a))
-    # the fifth step's loss: 1.2e-4 apart measured with XLA's Eigen convolutions
-    # (xla_cpu.CPU_OPTIONS), under 1e-4 before (YNNPACK); float32 sums in another order over
-    # 5 steps
+        assert np.linalg.norm(b - a) <= 0.1 * moved + floor, (moved, np.linalg.norm(b - a))
+    # the losses grow apart the same way: relative 1e-7, 0, 1e-6, 8.5e-5, 2.6e-4 over the five
+    # steps (2026-12-06; 1.2e-4 at the fifth on 2026-12-05); a wrong shard or gradient scale
+    # changes them by percents
     np.testing.assert_allclose([t["loss"] for t in meta["terms_8"]],
-                               [t["loss"] for t in meta["terms_1"]], rtol=3e-4)
+                               [t["loss"] for t in meta["terms_1"]], rtol=3e-3)
     losses = [t["loss"] for t in meta["terms_1"]]
     assert len(set(losses)) == STEPS  # the steps really differ
 
