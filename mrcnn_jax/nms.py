@@ -222,7 +222,8 @@ def batched_nms(boxes, scores, classes, iou_threshold, max_output_size, valid=No
     )
 
 
-def class_grid_nms(boxes, scores, iou_threshold, max_output_size, valid=None, flat_index=None):
+def class_grid_nms(boxes, scores, iou_threshold, max_output_size, valid=None, flat_index=None,
+                   algorithm="greedy"):
     """:func:`batched_nms` for the box head's grid of (proposal, class) candidates.
 
     The same kept boxes as ``batched_nms(boxes.reshape(-1, 4), scores.reshape(-1),
@@ -239,11 +240,15 @@ def class_grid_nms(boxes, scores, iou_threshold, max_output_size, valid=None, fl
     padded with invalid entries to the longest level), numbered level after level:
     ``flat_index`` gives each entry's index in that flat order, for ties and the result.
 
+    ``algorithm="tiled"`` (or ``"auto"`` off the CPU) flattens the grid in ``flat_index`` order
+    and runs :func:`nms_tiled` over it: the same result in fewer loop trips on an accelerator.
+
     Args:
       boxes: ``(P, C, 4)`` xyxy; scores: ``(P, C)``; valid: optional ``(P, C)`` bool.
       iou_threshold, max_output_size: as in :func:`nms`.
       flat_index: optional ``(P, C)`` int, distinct over the valid entries and increasing
         down each column; default ``p * C + c``.
+      algorithm: ``"greedy"``, ``"tiled"`` or ``"auto"``, as in :func:`nms`.
     Returns:
       ``indices (K,) int32`` (``flat_index`` of the kept entries) in descending score order,
       0 where padded, and ``valid (K,) bool``.
@@ -260,6 +265,9 @@ def class_grid_nms(boxes, scores, iou_threshold, max_output_size, valid=None, fl
         flat_index = jnp.arange(p * c, dtype=jnp.int32).reshape(p, c)
     if jnp.shape(flat_index) != (p, c):
         raise ValueError(f"flat_index must be (P, C) = {(p, c)}; got {jnp.shape(flat_index)}")
+    if _use_tiled(algorithm):
+        return _class_grid_tiled(boxes, scores, candidate, flat_index, iou_threshold,
+                                 max_output_size)
     index = jnp.asarray(flat_index, jnp.int32).T  # (C, P)
     columns = jnp.swapaxes(boxes, 0, 1)  # (C, P, 4)
     live = jnp.where(candidate, scores, -jnp.inf).T  # (C, P); -inf: kept, suppressed or never
@@ -291,3 +299,16 @@ def class_grid_nms(boxes, scores, iou_threshold, max_output_size, valid=None, fl
     count, _, _, _, keep = jax.lax.while_loop(cond, body, start)
     valid_out = jnp.arange(max_output_size) < count  # (K,)
     return jnp.where(valid_out, keep, 0), valid_out
+
+
+def _class_grid_tiled(boxes, scores, candidate, flat_index, iou_threshold, max_output_size):
+    """:func:`class_grid_nms` by :func:`nms_tiled` over the grid flattened in ``flat_index``
+    order (so ties fall as in the greedy loop), the class ids being the column numbers."""
+    p, c = scores.shape
+    flat_index = jnp.asarray(flat_index, jnp.int32).reshape(-1)  # (P*C,)
+    order = jnp.argsort(flat_index, stable=True)  # (P*C,)
+    classes = jnp.broadcast_to(jnp.arange(c, dtype=jnp.int32), (p, c)).reshape(-1)[order]
+    indices, valid = nms_tiled(boxes.reshape(-1, 4)[order], scores.reshape(-1)[order],
+                               iou_threshold, max_output_size,
+                               valid=candidate.reshape(-1)[order], classes=classes)
+    return jnp.where(valid, flat_index[order][indices], 0), valid

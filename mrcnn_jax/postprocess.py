@@ -3,9 +3,9 @@
 Mask R-CNN section 3.1 ("Inference"); torchvision ``RoIHeads.postprocess_detections``: softmax
 class scores, class-specific boxes decoded from each proposal (weights 10, 10, 5, 5) and clipped
 to the image, background dropped, every (proposal, class) pair a candidate; keep scores above
-0.05 and boxes at least 0.01 px wide, per-class NMS at 0.5, and the best 100 (on a CPU by
-``nms.class_grid_nms``, which needs no sort of the ``P * (K-1)`` candidates). Masks are then
-predicted on the detected boxes and pasted (``paste_masks``), which ``inference.py`` does.
+0.05 and boxes at least 0.01 px wide, per-class NMS at 0.5 (``nms.class_grid_nms``: on a CPU it
+needs no sort of the ``P * (K-1)`` candidates), and the best 100. Masks are then predicted on
+the detected boxes and pasted (``paste_masks``), which ``inference.py`` does.
 
 Shape shorthand: ``P`` proposals, ``K`` classes with background, ``D`` detections.
 Taught in notebooks/10_inference_and_evaluation.
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from mrcnn_jax.boxes import clip_boxes, decode_boxes
-from mrcnn_jax.nms import _use_tiled, batched_nms, class_grid_nms
+from mrcnn_jax.nms import class_grid_nms
 
 
 def detect_boxes(class_logits, box_deltas, proposals, proposal_valid, image_size, cfg):
@@ -36,13 +36,8 @@ def detect_boxes(class_logits, box_deltas, proposals, proposal_valid, image_size
     wide = (boxes[..., 2] - boxes[..., 0] >= cfg.min_size) & (
         boxes[..., 3] - boxes[..., 1] >= cfg.min_size)  # (P, K-1)
     ok = proposal_valid[:, None] & (scores > cfg.score_threshold) & wide
-    if _use_tiled(cfg.nms_algorithm):  # GPU/TPU: few loop trips over the flat candidates
-        keep, valid = batched_nms(boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1),
-                                  cfg.nms_threshold, cfg.detections_per_image,
-                                  valid=ok.reshape(-1), algorithm=cfg.nms_algorithm)  # (D,)
-    else:  # CPU: greedy, one class column per loop trip
-        keep, valid = class_grid_nms(boxes, scores, cfg.nms_threshold,
-                                     cfg.detections_per_image, valid=ok)  # (D,)
+    keep, valid = class_grid_nms(boxes, scores, cfg.nms_threshold, cfg.detections_per_image,
+                                 valid=ok, algorithm=cfg.nms_algorithm)  # (D,) into P*(K-1)
     boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
     return {
         "boxes": jnp.where(valid[:, None], boxes[keep], 0.0),

@@ -23,7 +23,7 @@ from mrcnn_jax.boxes import box_iou, clip_boxes, decode_boxes, encode_boxes
 from mrcnn_jax.layers import Conv2d
 from mrcnn_jax.losses import binary_cross_entropy_with_logits, smooth_l1
 from mrcnn_jax.matcher import match
-from mrcnn_jax.nms import _use_tiled, batched_nms, class_grid_nms
+from mrcnn_jax.nms import class_grid_nms
 from mrcnn_jax.sampler import sample_balanced
 
 
@@ -116,27 +116,20 @@ def select_proposals(logits, deltas, anchors, level_sizes, image_size, cfg, trai
     logits, deltas = jax.lax.stop_gradient(logits), jax.lax.stop_gradient(deltas)
     pre_n = cfg.pre_nms_top_n_train if training else cfg.pre_nms_top_n_test
     post_n = cfg.post_nms_top_n_train if training else cfg.post_nms_top_n_test
-    picks, levels, start = [], [], 0
-    for level, size in enumerate(level_sizes):
-        k = min(pre_n, size)
-        top = jax.lax.top_k(logits[start:start + size], k)[1] + start  # (k,)
-        picks.append(top)
-        levels.append(jnp.full((k,), level, jnp.int32))
+    picks, start = [], 0
+    for size in level_sizes:
+        picks.append(jax.lax.top_k(logits[start:start + size], min(pre_n, size))[1] + start)
         start += size
     counts = [len(p) for p in picks]  # static candidates per level
-    picks, levels = jnp.concatenate(picks), jnp.concatenate(levels)  # (Nc,)
+    picks = jnp.concatenate(picks)  # (Nc,)
     boxes = clip_boxes(decode_boxes(deltas[picks], anchors[picks]), image_size)  # (Nc, 4)
     scores = jax.nn.sigmoid(logits[picks])  # (Nc,)
     wide = (boxes[:, 2] - boxes[:, 0] >= cfg.min_size) & (boxes[:, 3] - boxes[:, 1] >= cfg.min_size)
     candidate = wide & (scores >= cfg.score_threshold)
-    if _use_tiled(cfg.nms_algorithm):
-        keep, valid = batched_nms(boxes, scores, levels, cfg.nms_threshold, post_n,
-                                  valid=candidate, algorithm=cfg.nms_algorithm)
-    else:  # CPU: the levels as columns of a grid, one column's work per loop trip
-        grid = _level_grid(counts)  # (max count, L) flat indices, -1 where padded
-        padded = grid < 0
-        at = jnp.maximum(grid, 0)
-        keep, valid = class_grid_nms(
-            boxes[at], jnp.where(padded, 0.0, scores[at]), cfg.nms_threshold, post_n,
-            valid=candidate[at] & ~padded, flat_index=at)
+    # per-level NMS with the levels as the columns of a grid (torchvision: batched_nms by level)
+    grid = _level_grid(counts)  # (max count, L) flat indices, -1 where padded
+    at = jnp.maximum(grid, 0)
+    keep, valid = class_grid_nms(boxes[at], scores[at], cfg.nms_threshold, post_n,
+                                 valid=candidate[at] & (grid >= 0), flat_index=at,
+                                 algorithm=cfg.nms_algorithm)
     return boxes[keep], jnp.where(valid, scores[keep], 0.0), valid

@@ -213,7 +213,7 @@ def test_rejects_wrong_shapes_and_dtypes():
 
 # class_grid_nms: the box head's (proposal, class) grid, against the flat batched_nms
 GRID_P, GRID_C = 8, 3
-class_grid_nms_jit = jax.jit(class_grid_nms, static_argnames="max_output_size")
+class_grid_nms_jit = jax.jit(class_grid_nms, static_argnames=("max_output_size", "algorithm"))
 _grid_corners = hnp.arrays(np.float32, (GRID_P, GRID_C, 2), elements=st.floats(0, 40, width=32))
 _grid_sides = hnp.arrays(np.float32, (GRID_P, GRID_C, 2), elements=st.one_of(
     st.sampled_from([0.0, -2.0]), st.floats(1, 30, width=32)))
@@ -229,9 +229,23 @@ def test_class_grid_nms_equals_flat_batched_nms(corners_sides, scores, valid, th
     classes = np.broadcast_to(np.arange(GRID_C), (GRID_P, GRID_C)).reshape(-1)
     expected = batched_nms_jit(boxes.reshape(-1, 4), scores.reshape(-1), classes, threshold,
                                max_output_size=k, valid=valid.reshape(-1))
-    got = class_grid_nms_jit(boxes, scores, threshold, max_output_size=k, valid=valid)
-    np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(expected[1]))
-    np.testing.assert_array_equal(_kept(got), _kept(expected))  # same boxes, same order
+    for algorithm in ("greedy", "tiled"):
+        got = class_grid_nms_jit(boxes, scores, threshold, max_output_size=k, valid=valid,
+                                 algorithm=algorithm)
+        np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(expected[1]))
+        np.testing.assert_array_equal(_kept(got), _kept(expected))  # same boxes, same order
+
+
+def test_class_grid_nms_flat_index_orders_ties_both_ways():
+    # one box per column, all tied at 0.5, no overlaps: the order is flat_index's
+    boxes = np.array([[[0, 0, 1, 1], [10, 10, 11, 11], [20, 20, 21, 21]]], np.float32)
+    scores = np.full((1, 3), 0.5, np.float32)
+    flat_index = np.array([[7, 2, 5]], np.int32)
+    for algorithm in ("greedy", "tiled"):
+        indices, valid = class_grid_nms_jit(boxes, scores, 0.5, max_output_size=3,
+                                            flat_index=flat_index, algorithm=algorithm)
+        np.testing.assert_array_equal(np.asarray(indices), [2, 5, 7], err_msg=algorithm)
+        assert np.asarray(valid).all()
 
 
 def test_class_grid_nms_by_hand():
